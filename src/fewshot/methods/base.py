@@ -1,0 +1,50 @@
+"""The small interface every method shares: adapt on a support set, predict on a query set.
+
+Meta-training is the same for all of them: :meth:`Method.meta_gradient` fills the ``.grad`` of the
+meta-parameters from a batch of tasks and returns metrics; the engine's optimizer then takes the step.
+Methods know nothing about files, logging or the command line.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fewshot.data.tasks import Episode
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+"""Maps query inputs to logits ``[queries, way]`` for the task it was adapted to."""
+
+
+class Method(nn.Module, ABC):
+    """A few-shot learner: ``adapt(support) -> predictor``, and ``meta_gradient(tasks)`` to meta-train it."""
+
+    name: str = "method"
+
+    @abstractmethod
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        """Adapt to one task from its support set; returns a function from query inputs to logits."""
+
+    @abstractmethod
+    def meta_gradient(self, episode: Episode) -> dict[str, float]:
+        """Accumulate meta-gradients for a batch of tasks into ``.grad``; return ``loss`` and ``accuracy``."""
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """What the outer optimizer updates (all trainable parameters unless a method says otherwise)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        """Logits ``[tasks, N*Q, N]``: each task adapted on its own support set."""
+        out = []
+        for t in range(episode.num_tasks):
+            predictor = self.adapt(episode.support_x[t], episode.support_y[t], episode.way)
+            with torch.no_grad():
+                out.append(predictor(episode.query_x[t]))
+        return torch.stack(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).float().mean().item()

@@ -1,0 +1,52 @@
+"""Prototypical networks (Snell et al. 2017): logits are negative squared distances to class means."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.data.tasks import Episode
+from fewshot.methods.base import Method, Predictor, accuracy
+
+
+@dataclass
+class ProtoNetConfig:
+    pass
+
+
+def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
+    """Class means ``[..., way, dim]`` of ``embeddings [..., n, dim]`` by ``labels [..., n]``."""
+    onehot = F.one_hot(labels, way).to(embeddings.dtype)
+    return (onehot.transpose(-1, -2) @ embeddings) / onehot.sum(-2).unsqueeze(-1)
+
+
+def squared_distance_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """``-||q - p||^2`` for every query and prototype: ``[..., q, dim] x [..., way, dim] -> [..., q, way]``."""
+    return -(queries.unsqueeze(-2) - protos.unsqueeze(-3)).pow(2).sum(-1)
+
+
+class ProtoNet(Method):
+    name = "protonet"
+
+    def __init__(self, model: nn.Module, config: ProtoNetConfig | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config or ProtoNetConfig()
+
+    def meta_gradient(self, episode: Episode) -> dict[str, float]:
+        tasks, ns, nq = episode.num_tasks, episode.support_y.shape[1], episode.query_y.shape[1]
+        x = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
+        z = self.model(x)
+        support, query = z[: tasks * ns].view(tasks, ns, -1), z[tasks * ns :].view(tasks, nq, -1)
+        logits = squared_distance_logits(query, prototypes(support, episode.support_y, episode.way))
+        loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
+        loss.backward()
+        return {"loss": loss.item(), "accuracy": accuracy(logits, episode.query_y)}
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        with torch.no_grad():
+            protos = prototypes(self.model(support_x), support_y, way)
+        return lambda query_x: squared_distance_logits(self.model(query_x), protos)

@@ -1,0 +1,99 @@
+"""Conv-4: four 3x3 conv blocks (64 filters, batch norm, ReLU), the standard few-shot backbone.
+
+Variants:
+
+* ``"strided"`` — Finn et al. (2017) for Omniglot: stride-2 convolutions, no pooling; features are the spatial mean
+  (``pool="mean"``, as MAML) or the flattened map (``pool="flatten"``, as Reptile's code).
+* ``"maxpool"`` — Vinyals et al. / Snell et al.: stride-1 convolutions each followed by 2x2 max-pooling.
+
+The forward pass is functional: ``model(x, params)`` runs with any list of tensors shaped like
+``model.meta_parameters()``, which is how MAML's adapted (fast) weights are used without copying modules.
+Batch norm uses the batch's own statistics (per task, as MAML does) unless ``running_stats=True``, in which case it
+keeps running averages and uses them in ``eval()`` mode (as ProtoNet does).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VARIANTS = ("strided", "maxpool")
+POOLS = ("mean", "flatten")
+
+
+class Conv4(nn.Module):
+    def __init__(
+        self,
+        out_features: int | None = 5,
+        in_channels: int = 1,
+        hidden: int = 64,
+        variant: str = "strided",
+        pool: str = "mean",
+        image_size: int = 28,
+        running_stats: bool = False,
+        blocks: int = 4,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown Conv-4 variant {variant!r}; choose one of {VARIANTS}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+        self.variant, self.pool, self.running_stats = variant, pool, running_stats
+        self.in_channels = in_channels
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        channels, side = in_channels, image_size
+        for _ in range(blocks):
+            conv = nn.Conv2d(channels, hidden, 3, stride=2 if variant == "strided" else 1, padding=1)
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            self.convs.append(conv)
+            self.norms.append(nn.BatchNorm2d(hidden, track_running_stats=running_stats))
+            channels, side = hidden, (side + 1) // 2 if variant == "strided" else side // 2
+        self.feature_dim = hidden if pool == "mean" else hidden * side * side
+        self.head: nn.Linear | None = None
+        if out_features is not None:
+            self.head = nn.Linear(self.feature_dim, out_features)
+            nn.init.xavier_uniform_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def meta_parameters(self) -> list[nn.Parameter]:
+        """Parameters in the order the functional forward takes them: per block conv w, b, bn w, b; then head."""
+        params: list[nn.Parameter] = []
+        for conv, norm in zip(self.convs, self.norms):
+            params += [conv.weight, conv.bias, norm.weight, norm.bias]
+        if self.head is not None:
+            params += [self.head.weight, self.head.bias]
+        return params
+
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        if params is None:
+            params = self.meta_parameters()
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        stride = 2 if self.variant == "strided" else 1
+        for i, norm in enumerate(self.norms):
+            w, b, gamma, beta = params[4 * i : 4 * i + 4]
+            x = F.conv2d(x, w, b, stride=stride, padding=1)
+            use_running = self.running_stats and not self.training
+            x = F.batch_norm(
+                x,
+                norm.running_mean if self.running_stats else None,
+                norm.running_var if self.running_stats else None,
+                gamma, beta, training=not use_running, momentum=norm.momentum, eps=norm.eps,
+            )
+            x = F.relu(x)
+            if self.variant == "maxpool":
+                x = F.max_pool2d(x, 2)
+        return x.mean(dim=(2, 3)) if self.pool == "mean" else x.flatten(1)
+
+    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        if params is None:
+            params = self.meta_parameters()
+        h = self.features(x, params)
+        if self.head is None:
+            return h
+        return F.linear(h, params[-2], params[-1])
