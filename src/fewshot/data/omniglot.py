@@ -152,6 +152,14 @@ class OmniglotConfig:
     size: int = 28
     rotations: bool = True
 
+    def __post_init__(self) -> None:
+        if self.scheme not in SPLIT_SCHEMES:
+            raise FewShotError(f"unknown Omniglot split scheme {self.scheme!r}; choose one of {SPLIT_SCHEMES}")
+        if self.resize not in RESIZE_MODES:
+            raise FewShotError(f"unknown Omniglot resize mode {self.resize!r}; choose one of {RESIZE_MODES}")
+        if self.size < 8:
+            raise FewShotError(f"Omniglot image size must be >= 8, got {self.size}")
+
 
 def omniglot(
     split: str, root: str | os.PathLike | None = None, scheme: str = "maml", resize: str = "nearest",
@@ -184,3 +192,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def build(split: str, root: str | None, options: OmniglotConfig) -> TensorClassDataset:
+    """Registry builder (see :mod:`fewshot.registry`)."""
+    return omniglot(split, root, options.scheme, options.resize, options.size, options.rotations)

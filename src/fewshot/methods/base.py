@@ -23,6 +23,8 @@ class Method(nn.Module, ABC):
     """A few-shot learner: ``adapt(support) -> predictor``, and ``meta_gradient(tasks)`` to meta-train it."""
 
     name: str = "method"
+    needs_head: bool = True
+    """Whether the model needs an N-way output layer (False for metric methods that use embeddings)."""
 
     @abstractmethod
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:

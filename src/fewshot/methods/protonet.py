@@ -30,6 +30,7 @@ def squared_distance_logits(queries: torch.Tensor, protos: torch.Tensor) -> torc
 
 class ProtoNet(Method):
     name = "protonet"
+    needs_head = False
 
     def __init__(self, model: nn.Module, config: ProtoNetConfig | None = None) -> None:
         super().__init__()

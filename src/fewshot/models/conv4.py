@@ -14,11 +14,14 @@ keeps running averages and uses them in ``eval()`` mode (as ProtoNet does).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fewshot.errors import FewShotError
 
 VARIANTS = ("strided", "maxpool")
 POOLS = ("mean", "flatten")
@@ -97,3 +100,26 @@ class Conv4(nn.Module):
         if self.head is None:
             return h
         return F.linear(h, params[-2], params[-1])
+
+
+@dataclass
+class Conv4Config:
+    hidden: int = 64
+    variant: str = "strided"
+    pool: str = "mean"
+    image_size: int = 28
+    in_channels: int = 1
+    running_stats: bool = False
+    """Keep running batch-norm statistics and use them in eval mode (ProtoNet); else per-batch statistics (MAML)."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise FewShotError(f"unknown Conv-4 variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.pool not in POOLS:
+            raise FewShotError(f"unknown pooling {self.pool!r}; choose one of {POOLS}")
+
+
+def build(options: Conv4Config, out_features: int | None) -> Conv4:
+    """Registry builder (see :mod:`fewshot.registry`)."""
+    return Conv4(out_features, options.in_channels, options.hidden, options.variant, options.pool,
+                 options.image_size, options.running_stats)

@@ -1,0 +1,309 @@
+"""Run configuration: dataclasses validated on load; a recipe is YAML of these.
+
+Component options (``data.options``, ``model.options``, ``method.options``) are validated against the options
+dataclass that the component registers (see :mod:`fewshot.registry`), so a typo fails at load time, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from fewshot.errors import FewShotError
+
+SCHEDULES = ("constant", "linear", "step", "cosine")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+@dataclass
+class ComponentConfig:
+    """A registered component (data set, model or method) by name, with its options."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig(ComponentConfig):
+    root: str | None = None
+    """Data root (else ``$FEWSHOT_DATA``); ``--data-root`` overrides it."""
+
+
+@dataclass
+class TrainConfig:
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    meta_batch: int = 32
+    """Tasks per meta-update (examples per step for non-episodic kinds)."""
+    iterations: int = 1000
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_final: float = 0.0
+    """End value of the ``linear`` and ``cosine`` schedules."""
+    schedule: str = "constant"
+    step_size: int = 2000
+    """``step`` schedule: multiply the rate by ``gamma`` every ``step_size`` iterations."""
+    gamma: float = 0.5
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    """Clip the meta-gradient norm to this (0 = off)."""
+    val_every: int = 500
+    val_episodes: int = 200
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0
+    """Torch threads (0 = leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        for name in ("way", "shot", "meta_batch", "iterations", "val_every", "checkpoint_every", "log_every",
+                     "step_size"):
+            if getattr(self, name) < 1:
+                raise FewShotError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.query < 0 or self.val_episodes < 0:
+            raise FewShotError("train.query and train.val_episodes must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise FewShotError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise FewShotError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not self.lr > 0:
+            raise FewShotError(f"train.lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class EvalConfig:
+    way: int = 5
+    shot: int = 1
+    query: int = 15
+    episodes: int = 600
+    seed: int = 0
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if min(self.way, self.shot, self.episodes) < 1 or self.query < 1:
+            raise FewShotError(f"eval needs way, shot, query, episodes >= 1; got {self}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    description: str = ""
+    kind: str = "episodic"
+    """How training batches are made and runs are scored (see ``fewshot.registry.KINDS``)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ComponentConfig = field(default_factory=ComponentConfig)
+    method: ComponentConfig = field(default_factory=ComponentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        config = from_dict(cls, data)
+        validate_components(config)
+        return config
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, checking keys and types; errors name the dotted key."""
+    if not isinstance(data, dict):
+        raise FewShotError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise FewShotError(f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+    values = {key: coerce(hints[key], value, f"{path}.{key}" if path else key) for key, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise FewShotError(f"{path or 'config'}: {exc}") from exc
+
+
+def coerce(hint: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against type ``hint`` (int, float, bool, str, optional, dict, dataclass)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(arg, value, path)
+            except FewShotError as exc:
+                errors.append(str(exc))
+        raise FewShotError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise FewShotError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise FewShotError(f"{path} must be a list, got {value!r}")
+        return list(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise FewShotError(f"{path} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise FewShotError(f"{path} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise FewShotError(f"{path} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise FewShotError(f"{path} must be a string, got {value!r}")
+    return value
+
+
+def validate_components(config: RunConfig) -> None:
+    """Check the component names and their options against what each component registered."""
+    from fewshot import registry
+
+    for section, table in (("data", registry.DATASETS), ("model", registry.MODELS), ("method", registry.METHODS)):
+        component: ComponentConfig = getattr(config, section)
+        if component.name not in table:
+            raise FewShotError(f"unknown {section}.name {component.name!r}; known: {', '.join(sorted(table))}")
+        from_dict(table[component.name].options_class(), component.options, f"{section}")
+    if config.kind not in registry.KINDS:
+        raise FewShotError(f"unknown kind {config.kind!r}; known: {', '.join(sorted(registry.KINDS))}")
+
+
+def component_options(component: ComponentConfig, table: dict, section: str) -> Any:
+    """The validated options dataclass instance of a component."""
+    return from_dict(table[component.name].options_class(), component.options, section)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a raw config mapping.
+
+    Keys are dotted paths (``train.meta_batch=16``, ``method.inner_steps=5`` — component options may skip
+    ``.options``). A bare key that names exactly one leaf (``meta_batch=16``) is accepted too.
+    Values are parsed as YAML (``5``, ``0.4``, ``true``, ``[1, 2]``).
+    """
+    raw = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise FewShotError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text else ""
+        path = _resolve_key(raw, key.strip())
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FewShotError(f"override {key!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+COMPONENT_SECTIONS = ("data", "model", "method")
+
+
+def _resolve_key(raw: dict[str, Any], key: str) -> list[str]:
+    parts = key.split(".")
+    if len(parts) == 1:
+        if parts[0] in raw or parts[0] in {f.name for f in dataclasses.fields(RunConfig)}:
+            return parts
+        matches = _leaf_paths(raw, parts[0])
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise FewShotError(f"override key {key!r} is ambiguous: {', '.join('.'.join(m) for m in matches)}")
+        raise FewShotError(f"unknown override key {key!r}")
+    section_fields = {"train": TrainConfig, "eval": EvalConfig}
+    if parts[0] in section_fields:
+        return parts
+    if parts[0] in COMPONENT_SECTIONS and parts[1] not in ("name", "options", "root"):
+        return [parts[0], "options", *parts[1:]]
+    return parts
+
+
+def _leaf_paths(raw: dict[str, Any], leaf: str) -> list[list[str]]:
+    found: list[list[str]] = []
+    for section, fields_cls in (("train", TrainConfig), ("eval", EvalConfig)):
+        if leaf in {f.name for f in dataclasses.fields(fields_cls)}:
+            found.append([section, leaf])
+    for section in COMPONENT_SECTIONS:
+        if leaf in (raw.get(section) or {}).get("options", {}):
+            found.append([section, "options", leaf])
+    if len(found) > 1:  # a leaf the recipe sets explicitly wins over a default of another section
+        explicit = [p for p in found if _has_path(raw, p)]
+        if len(explicit) == 1:
+            return explicit
+    return found
+
+
+def _has_path(raw: dict[str, Any], path: list[str]) -> bool:
+    node: Any = raw
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deep_copy(v) for v in raw]
+    return raw
+
+
+def load_raw(source: str | Path) -> dict[str, Any]:
+    """A recipe name (``omniglot_5w1s_maml``) or a YAML file path, as a raw mapping."""
+    from fewshot.recipes import recipe_path
+
+    path = Path(source)
+    if not path.exists():
+        path = recipe_path(str(source))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise FewShotError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise FewShotError(f"{path} must contain a mapping")
+    return raw
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return RunConfig.from_dict(apply_overrides(load_raw(source), overrides or []))

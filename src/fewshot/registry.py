@@ -1,0 +1,65 @@
+"""Names a recipe can use, mapped to the code that builds them (imported only when used).
+
+Each entry points at a builder and at the options dataclass that validates its ``options`` in a recipe:
+
+* data sets: ``build(split: str, root: str | None, options) -> ClassDataset``
+* models: ``build(options, out_features: int | None) -> nn.Module``
+* methods: ``cls(model, options) -> Method``
+* kinds: ``cls(config: RunConfig, root: str | None) -> Experiment`` (how batches are made and runs scored)
+
+Adding a component = one entry here, its module, a recipe and a test.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str
+    """``module:attribute`` of the builder."""
+    options: str = ""
+    """``module:Class`` of the options dataclass (empty: no options)."""
+    summary: str = ""
+
+    def builder(self) -> Any:
+        return _load(self.target)
+
+    def options_class(self) -> type:
+        return _load(self.options) if self.options else _NoOptions
+
+
+@dataclass
+class _NoOptions:
+    pass
+
+
+def _load(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+DATASETS: dict[str, Entry] = {
+    "omniglot": Entry("fewshot.data.omniglot:build", "fewshot.data.omniglot:OmniglotConfig",
+                      "Omniglot characters, 28x28, rotations as classes"),
+}
+
+MODELS: dict[str, Entry] = {
+    "conv4": Entry("fewshot.models.conv4:build", "fewshot.models.conv4:Conv4Config", "Conv-4 (64 filters, BN)"),
+}
+
+METHODS: dict[str, Entry] = {
+    "maml": Entry("fewshot.methods.maml:MAML", "fewshot.methods.maml:MAMLConfig",
+                  "MAML, second- or first-order, optional Meta-SGD"),
+    "reptile": Entry("fewshot.methods.reptile:Reptile", "fewshot.methods.reptile:ReptileConfig", "Reptile"),
+    "protonet": Entry("fewshot.methods.protonet:ProtoNet", "fewshot.methods.protonet:ProtoNetConfig",
+                      "prototypical networks"),
+}
+
+KINDS: dict[str, Entry] = {
+    "episodic": Entry("fewshot.engine.experiment:EpisodicExperiment", "",
+                      "meta-training on N-way K-shot tasks, scored on fixed test episodes"),
+}
