@@ -1,0 +1,35 @@
+"""Regenerate the intent-split files ``src/fewshot/data/splits/text_<name>_<split>.txt`` for episodic meta-learning.
+
+For each data set the intents of the official training set (CLINC150 without ``oos``) are sorted as strings, shuffled
+with ``random.Random(0)``, and cut into train / val / test with the class counts of ProtAugment (Dopierre et al. 2021):
+CLINC150 50 / 50 / 50, BANKING77 25 / 25 / 27, HWU64 23 / 16 / 25. The cut ignores domains, so a test intent may share
+a domain (e.g. CLINC150 "banking") with training intents. One intent name per line.
+
+Run: ``python scripts/make_text_splits.py /path/to/data`` (the data root holding clinc150/, banking77/, hwu64/).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+from fewshot.data.text import intents, load_official
+
+COUNTS = {"clinc150": (50, 50, 50), "banking77": (25, 25, 27), "hwu64": (23, 16, 25)}
+OUT = Path(__file__).resolve().parents[1] / "src" / "fewshot" / "data" / "splits"
+
+
+def main(root: str) -> None:
+    for name, (n_train, n_val, n_test) in COUNTS.items():
+        names = sorted(intents(load_official(name, root, allow_download=False)))
+        assert len(names) == n_train + n_val + n_test, (name, len(names))
+        random.Random(0).shuffle(names)
+        parts = {"train": names[:n_train], "val": names[n_train : n_train + n_val], "test": names[n_train + n_val :]}
+        for split, part in parts.items():
+            (OUT / f"text_{name}_{split}.txt").write_text("\n".join(sorted(part)) + "\n")
+            print(name, split, len(part))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "data")
