@@ -168,6 +168,8 @@ def load_smollm2(cache: bool = True) -> tuple[nn.Module, object]:
         except ImportError as exc:
             raise FewShotError(f"loading the GGUF file needs gguf and accelerate: {exc}") from exc
         if cache:
+            # the weights are plain float32 now; drop the GGUF marker so they save and reload as a normal model
+            model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
