@@ -65,9 +65,21 @@ METHODS: dict[str, Entry] = {
     "reptile": Entry("fewshot.methods.reptile:Reptile", "fewshot.methods.reptile:ReptileConfig", "Reptile"),
     "protonet": Entry("fewshot.methods.protonet:ProtoNet", "fewshot.methods.protonet:ProtoNetConfig",
                       "prototypical networks"),
+    "finetune": Entry("fewshot.methods.finetune:FineTune", "fewshot.methods.finetune:FineTuneConfig",
+                      "fine-tuning (all layers / top k blocks / head only) with a new N-way head per task"),
+    "features": Entry("fewshot.methods.features:FeatureExtraction", "fewshot.methods.features:FeaturesConfig",
+                      "frozen backbone + logistic regression or cosine nearest class mean"),
+    "dann": Entry("fewshot.methods.dann:DANN", "fewshot.methods.dann:DANNConfig",
+                  "domain-adversarial training (DANN), source-only, target oracle, few-shot target labels"),
 }
 
 KINDS: dict[str, Entry] = {
     "episodic": Entry("fewshot.engine.experiment:EpisodicExperiment", "",
                       "meta-training on N-way K-shot tasks, scored on fixed test episodes"),
+    "supervised": Entry("fewshot.engine.supervised:SupervisedExperiment", "",
+                        "ordinary training over all training classes (Baseline), scored on fixed test episodes"),
+    "pretrained": Entry("fewshot.engine.supervised:PretrainedExperiment", "",
+                        "a pretrained backbone used as it comes (no training), scored on fixed test episodes"),
+    "domain_adaptation": Entry("fewshot.engine.domain:DomainExperiment", "",
+                               "labelled source + unlabelled target (DANN), scored on the target test half"),
 }
