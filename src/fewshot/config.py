@@ -125,7 +125,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{path}." if path else ""
-        raise FewShotError(f"unknown config key {where}{unknown[0]!r}; known keys: {', '.join(sorted(names))}")
+        raise FewShotError(f"unknown config key '{where}{unknown[0]}'; known keys: {', '.join(sorted(names))}")
     values = {key: coerce(hints[key], value, f"{path}.{key}" if path else key) for key, value in data.items()}
     try:
         return cls(**values)

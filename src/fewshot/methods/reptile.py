@@ -60,7 +60,7 @@ class Reptile(Method):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-        return [p.detach() for p in fast], float(loss)
+        return [p.detach() for p in fast], float(loss.detach())
 
     def meta_gradient(self, episode: Episode) -> dict[str, float]:
         params = self.model.meta_parameters()

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real data in ../shared/data (or $FEWSHOT_TEST_DATA)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("FEWSHOT_TEST_DATA") or REPO.parent / "shared" / "data")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "omniglot" / "images_background.zip").exists():
+        pytest.fail(f"real test data not found under {DATA_ROOT}; set FEWSHOT_TEST_DATA to the shared data folder")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def omniglot_train(data_root):
+    from fewshot.data.omniglot import omniglot
+
+    return omniglot("train", data_root)
+
+
+@pytest.fixture(scope="session")
+def omniglot_test(data_root):
+    from fewshot.data.omniglot import omniglot
+
+    return omniglot("test", data_root)

@@ -1,0 +1,58 @@
+"""``fewshot`` end to end on real Omniglot with tiny budgets."""
+
+import json
+
+import pytest
+
+from fewshot.cli import main
+from fewshot.recipes import recipe_names
+
+TINY = ["train.iterations=4", "train.meta_batch=2", "train.val_every=2", "train.val_episodes=4",
+        "train.checkpoint_every=2", "eval.episodes=8", "model.hidden=16", "train.threads=1"]
+
+
+def test_recipes_lists_every_recipe(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in recipe_names():
+        assert name in out
+    for way, shot in [(5, 1), (5, 5), (20, 1), (20, 5)]:
+        for method in ("maml", "fomaml", "reptile", "protonet"):
+            assert f"omniglot_{way}w{shot}s_{method}" in out
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["recipes"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: fewshot" in capsys.readouterr().out
+
+
+def test_train_eval_resume(tmp_path, data_root, capsys):
+    run = tmp_path / "run"
+    args = ["--out", str(run), "--data-root", str(data_root), "--no-progress"]
+    assert main(["train", "omniglot_5w1s_fomaml", *TINY, "--stop-after", "2", *args]) == 0
+    assert "test accuracy" not in capsys.readouterr().out  # stopped early: no test yet
+    assert main(["train", str(run), "train.iterations=4", "--resume", *args[2:]]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy (omniglot_5w1s_fomaml):" in out and "(8 episodes)" in out
+    assert main(["eval", str(run), "--episodes", "8", "--json", "--data-root", str(data_root)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "ci95", "episodes", "way", "shot", "method"} <= result.keys()
+    assert result["episodes"] == 8 and result["way"] == 5 and result["method"] == "maml"
+    saved = json.loads((run / "test.json").read_text())
+    assert saved["accuracy"] == pytest.approx(result["accuracy"])  # eval reproduces the training run's figure
+    assert main(["eval", str(run), "--episodes", "8", "--data-root", str(data_root)]) == 0
+    assert "% ± " in capsys.readouterr().out
+
+
+def test_errors_are_one_line(tmp_path, data_root, capsys):
+    assert main(["train", "omniglot_5w1s_maml", "method.inner_stepz=2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewshot: error: unknown config key 'method.inner_stepz'") and "Traceback" not in err
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "omniglot_5w1s_maml", "train.way=2000", "eval.way=2000", *TINY[:1],
+                 "--out", str(tmp_path / "y"), "--data-root", str(data_root), "--no-progress"]) == 2
+    assert "2000-way tasks need 2000 classes" in capsys.readouterr().err

@@ -1,0 +1,169 @@
+"""The training engine: exact resume after a kill, atomic checkpoints, the NaN guard, override validation."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fewshot.config import apply_overrides, load_config, load_raw, RunConfig
+from fewshot.engine import checkpoint as ckpt_mod
+from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fewshot.engine.experiment import build_experiment
+from fewshot.engine.train import TrainingDiverged, train
+from fewshot.errors import FewShotError
+
+TINY_REPTILE = ["model.hidden=16", "train.meta_batch=2", "method.inner_steps=2", "method.inner_batch=5",
+                "method.test_inner_steps=2", "train.shot=1", "train.val_every=6", "train.val_episodes=4",
+                "train.checkpoint_every=2", "train.log_every=1", "eval.episodes=10", "train.threads=1"]
+
+
+def tiny(recipe="omniglot_5w1s_reptile", *extra):
+    return load_config(recipe, TINY_REPTILE + list(extra))
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path, data_root):
+    iterations = 60
+    overrides = TINY_REPTILE + [f"train.iterations={iterations}"]
+    reference = train(build_experiment(tiny("omniglot_5w1s_reptile", f"train.iterations={iterations}"), data_root),
+                      tmp_path / "ref", progress=False)
+    assert reference.iterations == iterations
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fewshot", "train", "omniglot_5w1s_reptile", *overrides, "--out", str(run),
+           "--data-root", str(data_root), "--no-progress", "--no-test"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run / "checkpoints" / "last.safetensors"
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and load_checkpoint(last).iteration >= 10:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = load_checkpoint(last).iteration
+            break
+        time.sleep(0.02)
+    assert killed_at is not None and killed_at < iterations, proc.stderr.read().decode()[-2000:]
+
+    resumed = train(build_experiment(load_config(run / "config.yaml"), data_root), run, resume=True, progress=False)
+    assert resumed.iterations == iterations
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.safetensors").weights
+    b = load_checkpoint(last).weights
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert len(rows) == iterations  # logs continue where the checkpoint was, without duplicates
+
+
+def test_run_folder_contents(tmp_path, data_root):
+    run = tmp_path / "run"
+    train(build_experiment(tiny("omniglot_5w1s_reptile", "train.iterations=6"), data_root), run, progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "report.md",
+                 "checkpoints/last.safetensors", "checkpoints/best.safetensors"):
+        assert (run / name).exists(), name
+    assert RunConfig.from_dict(load_raw(run / "config.yaml")).train.iterations == 6
+    with pytest.raises(FewShotError, match="already holds a run"):
+        train(build_experiment(tiny("omniglot_5w1s_reptile", "train.iterations=6"), data_root), run, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root):
+    experiment = build_experiment(tiny("omniglot_5w1s_reptile", "train.iterations=20"), data_root)
+    clean_batch = experiment.batch
+
+    def poisoned(iteration):
+        batch = clean_batch(iteration)
+        if iteration == 5:
+            batch.support_x[0, 0, 0, 0] = float("nan")
+        return batch
+
+    experiment.batch = poisoned
+    with pytest.raises(TrainingDiverged, match="iteration 6"):
+        train(experiment, tmp_path / "run", progress=False)
+    good = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert good.iteration == 4
+    assert all(torch.isfinite(v).all() for v in good.weights.values())
+    assert "diverged" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, Checkpoint({"w": torch.ones(3)}, iteration=1))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk vanished")
+
+    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, Checkpoint({"w": torch.zeros(3)}, iteration=2))
+    kept = load_checkpoint(path)
+    assert kept.iteration == 1 and torch.equal(kept.weights["w"], torch.ones(3))
+
+
+def test_checkpoint_roundtrip_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, Checkpoint(model.state_dict(), 7, {"name": "x"}, opt.state_dict(), torch.get_rng_state()))
+    loaded = load_checkpoint(path)
+    assert loaded.iteration == 7 and loaded.config == {"name": "x"}
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    opt2.load_state_dict(loaded.optimizer)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(FewShotError, match="not a readable"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    torch.save({"x": 1}, tmp_path / "pickle.pt")
+    with pytest.raises(FewShotError):
+        load_checkpoint(tmp_path / "pickle.pt")
+
+
+def test_overrides_are_validated():
+    raw = load_raw("omniglot_5w1s_maml")
+    cfg = RunConfig.from_dict(apply_overrides(raw, ["method.inner_steps=5", "meta_batch=16", "train.lr=1e-4"]))
+    assert cfg.method.options["inner_steps"] == 5 and cfg.train.meta_batch == 16 and cfg.train.lr == 1e-4
+    with pytest.raises(FewShotError, match="method.inner_stepz"):
+        RunConfig.from_dict(apply_overrides(raw, ["method.inner_stepz=5"]))
+    with pytest.raises(FewShotError, match="train.meta_batch must be an integer"):
+        RunConfig.from_dict(apply_overrides(raw, ["train.meta_batch=lots"]))
+    with pytest.raises(FewShotError, match="method.first_order must be true or false"):
+        RunConfig.from_dict(apply_overrides(raw, ["method.first_order=maybe"]))
+    with pytest.raises(FewShotError, match="unknown override key 'nonsense'"):
+        apply_overrides(raw, ["nonsense=1"])
+    with pytest.raises(FewShotError, match="ambiguous"):
+        apply_overrides(raw, ["way=20"])
+    with pytest.raises(FewShotError, match="key=value"):
+        apply_overrides(raw, ["inner_steps"])
+    with pytest.raises(FewShotError, match="train.way .5. must equal eval.way .20."):
+        build_experiment(RunConfig.from_dict(apply_overrides(raw, ["eval.way=20"])))
+
+
+def test_lr_schedules():
+    from fewshot.config import TrainConfig
+    from fewshot.engine.train import learning_rate
+
+    linear = TrainConfig(iterations=100, lr=1.0, lr_final=0.0, schedule="linear")
+    assert learning_rate(linear, 0) == 1.0 and learning_rate(linear, 50) == pytest.approx(0.5)
+    step = TrainConfig(iterations=10000, lr=1e-3, schedule="step", step_size=2000, gamma=0.5)
+    assert learning_rate(step, 1999) == 1e-3 and learning_rate(step, 4000) == pytest.approx(2.5e-4)
+
+
+def test_unreadable_recipe_and_unknown_names(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(FewShotError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(FewShotError, match="no recipe or file named"):
+        load_config("omniglot_5w1s_nosuchmethod")
+    with pytest.raises(FewShotError, match="unknown method.name"):
+        RunConfig.from_dict(apply_overrides(load_raw("omniglot_5w1s_maml"), ["method.name=foo"]))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,0 +1,82 @@
+import zipfile
+
+import pytest
+import torch
+
+from fewshot.data.omniglot import load_characters, omniglot, split_characters
+from fewshot.errors import FewShotError
+
+
+def test_all_characters_decoded(data_root):
+    images, names = load_characters(data_root)
+    assert images.shape == (1623, 20, 28, 28) and images.dtype == torch.uint8
+    assert len(set(names)) == 1623
+    assert sum(n.startswith("images_background/") for n in names) == 964
+    assert (images.flatten(1).amax(1) == 255).all(), "every image has strokes (inverted: strokes = 255)"
+
+
+def test_resize_modes_differ_as_documented(data_root):
+    nearest, _ = load_characters(data_root, resize="nearest")
+    lanczos, _ = load_characters(data_root, resize="lanczos")
+    assert set(nearest[:50].unique().tolist()) == {0, 255}, "Pillow resizes 1-bit images with nearest neighbour"
+    assert len(lanczos[:50].unique()) > 50, "true Lanczos on greyscale gives grey levels"
+
+
+@pytest.mark.parametrize("scheme,sizes", [("vinyals", (1028, 172, 423)), ("maml", (1100, 100, 423))])
+def test_splits_are_disjoint_and_complete(scheme, sizes):
+    parts = [set(split_characters(scheme, s)) for s in ("train", "val", "test")]
+    assert tuple(map(len, parts)) == sizes
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert len(parts[0] | parts[1] | parts[2]) == 1623
+
+
+def test_rotations_are_classes(data_root):
+    test = omniglot("test", data_root, scheme="vinyals")
+    assert len(test) == 423 * 4
+    base = test.data[0, 3]
+    assert torch.equal(test.data[1, 3], torch.rot90(base, 1, dims=(-2, -1)))
+    plain = omniglot("test", data_root, scheme="vinyals", rotations=False)
+    assert len(plain) == 423 and torch.equal(plain.data[0], test.data[0])
+
+
+def _write_zip(path, entries):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+
+
+def test_wrong_layout_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    _write_zip(root / "images_background.zip", {"Alphabet/character01/0001_01.png": b"x"})
+    _write_zip(root / "images_evaluation.zip", {"images_evaluation/A/character01/0001_01.png": b"x"})
+    with pytest.raises(FewShotError, match="unexpected entry"):
+        load_characters(tmp_path, allow_download=False)
+
+
+def test_corrupt_image_is_named(tmp_path, monkeypatch, data_root):
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "omniglot"
+    root.mkdir()
+    src = zipfile.ZipFile(data_root / "omniglot" / "images_background.zip")
+    with zipfile.ZipFile(root / "images_background.zip", "w") as out:
+        for i, name in enumerate(n for n in src.namelist() if n.endswith(".png")):
+            out.writestr(name, b"not a png" if i == 7 else src.read(name))
+    (root / "images_evaluation.zip").write_bytes((data_root / "omniglot" / "images_evaluation.zip").read_bytes())
+    with pytest.raises(FewShotError, match="not a readable image"):
+        load_characters(tmp_path, allow_download=False)
+
+
+def test_missing_files_without_download(tmp_path):
+    with pytest.raises(FewShotError, match="missing"):
+        load_characters(tmp_path, allow_download=False)
+
+
+def test_cached_load_is_fast(data_root):
+    import time
+
+    load_characters(data_root)
+    start = time.perf_counter()
+    load_characters(data_root)
+    assert time.perf_counter() - start < 2.0
