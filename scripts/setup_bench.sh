@@ -22,10 +22,10 @@ TORCH_BEFORE="$("$PY" -c 'import torch; print(torch.__version__)')"
 
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
-pip_install "psutil>=5.9" "cython==3.1.4" "optree>=0.9" "typing-extensions>=4"
+pip_install "psutil>=5.9" "cython==3.1.4" "optree>=0.9" "graphviz>=0.20" "typing-extensions>=4"
 pip_install --no-deps "higher==0.2.1" "torchopt==0.7.3"
 
-if ! "$PY" -c 'import learn2learn.algorithms.maml' 2>/dev/null; then
+if ! "$PY" -c 'import importlib.metadata as m; assert m.version("learn2learn") == "0.2.0"' 2>/dev/null; then
     WORK="$(mktemp -d)"
     trap 'rm -rf "$WORK"' EXIT
     "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: "learn2learn==0.2.0" -d "$WORK"
@@ -43,12 +43,4 @@ if [[ "$TORCH_BEFORE" != "$TORCH_AFTER" ]]; then
     exit 1
 fi
 
-"$PY" - <<'EOF'
-import importlib.metadata as md
-
-import higher  # noqa: F401
-import learn2learn.algorithms.maml  # noqa: F401
-import torchopt  # noqa: F401
-
-print("bench peers:", ", ".join(f"{n} {md.version(n)}" for n in ("learn2learn", "higher", "torchopt", "torch")))
-EOF
+cd "$ROOT" && "$PY" -c 'from bench.peers import check; check()'

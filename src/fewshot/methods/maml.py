@@ -1,14 +1,21 @@
 """MAML (Finn et al. 2017): second-order, first-order, and Meta-SGD's learned per-parameter inner rates.
 
 The inner loop is plain SGD on the support loss from the shared initialisation; the meta-loss is the query loss of
-the adapted weights. Tasks are processed one at a time and each task's graph is freed by its own backward, so memory
-is that of one task (times the inner steps), not of the meta-batch.
+the adapted weights.
+
+Two implementations give the same meta-gradients (to float tolerance; ``tests/test_maml_fast.py``):
+
+* the fast path (default for :class:`~fewshot.models.conv4.Conv4`): ``task_chunk`` tasks at a time run as one
+  network whose convolutions are grouped by task (``Conv4.forward_tasks``), each task with its own fast weights and
+  its own batch-norm statistics; one backward per chunk. Memory is that of one chunk (times the inner steps).
+* the reference (``reference=True``, and any other model): a plain loop over tasks, each task's graph freed by its
+  own backward, so memory is that of one task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +24,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.models.conv4 import Conv4
 
 
 @dataclass
@@ -30,6 +38,10 @@ class MAMLConfig:
     """Drop the second-order terms (FOMAML)."""
     learn_inner_lr: bool = False
     """Meta-SGD: learn one inner learning rate per parameter element, initialised to ``inner_lr``."""
+    reference: bool = False
+    """Use the plain per-task loop instead of the task-batched fast path (same results, slower)."""
+    task_chunk: int = 8
+    """Fast path: tasks per batched forward/backward (memory grows with it; 0 = the whole meta-batch)."""
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1 or self.test_inner_steps < 1:
@@ -37,6 +49,8 @@ class MAMLConfig:
                                f"{self.test_inner_steps}")
         if not self.inner_lr > 0:
             raise FewShotError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.task_chunk < 0:
+            raise FewShotError(f"task_chunk must be >= 0, got {self.task_chunk}")
 
 
 def inner_loop(
@@ -53,7 +67,31 @@ def inner_loop(
     for _ in range(steps):
         loss = F.cross_entropy(model(x, fast), y)
         grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
-        fast = [p - lr * g for p, lr, g in zip(fast, lrs, grads)]
+        fast = [p - lr * g for p, lr, g in zip(fast, lrs, grads, strict=True)]
+    return fast
+
+
+def inner_loop_tasks(
+    model: Conv4,
+    params: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lrs: Sequence[torch.Tensor | float],
+    create_graph: bool,
+) -> list[torch.Tensor]:
+    """:func:`inner_loop` for ``T`` tasks at once: ``x`` is ``[T, B, ...]``, ``y`` is ``[T, B]``.
+
+    Starts every task from the shared ``params`` and returns fast weights with a leading task dimension. The summed
+    per-task losses give each task's own gradient, because task ``t`` only touches its slice of the weights.
+    """
+    tasks, batch = y.shape
+    fast = [p.expand(tasks, *p.shape) for p in params]
+    for _ in range(steps):
+        logits = model.forward_tasks(x, fast)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch
+        grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
+        fast = [p - lr * g for p, lr, g in zip(fast, lrs, grads, strict=True)]
     return fast
 
 
@@ -75,7 +113,41 @@ class MAML(Method):
             return list(self.inner_lrs)
         return [self.config.inner_lr] * len(self.model.meta_parameters())
 
+    def fast_path(self, episode: Episode | None = None) -> bool:
+        """Whether the task-batched path applies (Conv-4 with a head and per-task batch statistics)."""
+        model = self.model
+        if self.config.reference or not isinstance(model, Conv4) or model.head is None or model.running_stats:
+            return False
+        return episode is None or isinstance(episode.support_x, torch.Tensor)
+
     def meta_gradient(self, episode: Episode) -> dict[str, float]:
+        if self.fast_path(episode):
+            return self._meta_gradient_tasks(episode)
+        return self.meta_gradient_reference(episode)
+
+    def _chunks(self, tasks: int) -> list[slice]:
+        size = self.config.task_chunk or tasks
+        return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
+
+    def _meta_gradient_tasks(self, episode: Episode) -> dict[str, float]:
+        params = self.model.meta_parameters()
+        lrs = self._lrs()
+        tasks = episode.num_tasks
+        total_loss, total_acc = 0.0, 0.0
+        for part in self._chunks(tasks):
+            fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
+                                    self.config.inner_steps, lrs, create_graph=not self.config.first_order)
+            query_y = episode.query_y[part]
+            logits = self.model.forward_tasks(episode.query_x[part], fast)
+            losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(), reduction="none").view(query_y.shape)
+            loss = losses.mean(1).sum()
+            (loss / tasks).backward()
+            total_loss += loss.item()
+            total_acc += (logits.argmax(-1) == query_y).float().mean(1).sum().item()
+        return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
+
+    def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
+        """The plain implementation: one task at a time (what the fast path is tested against)."""
         params = self.model.meta_parameters()
         lrs = self._lrs()
         tasks = episode.num_tasks
@@ -97,3 +169,18 @@ class MAML(Method):
             fast = inner_loop(self.model, params, support_x, support_y, self.config.test_inner_steps, lrs, False)
         fast = [p.detach() for p in fast]
         return lambda query_x: self.model(query_x, fast)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
+        if not self.fast_path(episode):
+            return super().predict(episode)
+        params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
+        lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
+        out = []
+        for part in self._chunks(episode.num_tasks):
+            with torch.enable_grad():
+                fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
+                                        self.config.test_inner_steps, lrs, create_graph=False)
+            with torch.no_grad():
+                out.append(self.model.forward_tasks(episode.query_x[part], [p.detach() for p in fast]))
+        return torch.cat(out)

@@ -10,12 +10,16 @@ The forward pass is functional: ``model(x, params)`` runs with any list of tenso
 ``model.meta_parameters()``, which is how MAML's adapted (fast) weights are used without copying modules.
 Batch norm uses the batch's own statistics (per task, as MAML does) unless ``running_stats=True``, in which case it
 keeps running averages and uses them in ``eval()`` mode (as ProtoNet does).
+
+``forward_tasks(x, params)`` runs many tasks at once, each with its own weights (MAML's fast path): the tasks are
+folded into the channels and every convolution is grouped by task, so batch norm's per-channel batch statistics are
+exactly the per-task statistics of running ``forward`` task by task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +70,7 @@ class Conv4(nn.Module):
     def meta_parameters(self) -> list[nn.Parameter]:
         """Parameters in the order the functional forward takes them: per block conv w, b, bn w, b; then head."""
         params: list[nn.Parameter] = []
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             params += [conv.weight, conv.bias, norm.weight, norm.bias]
         if self.head is not None:
             params += [self.head.weight, self.head.bias]
@@ -92,6 +96,38 @@ class Conv4(nn.Module):
             if self.variant == "maxpool":
                 x = F.max_pool2d(x, 2)
         return x.mean(dim=(2, 3)) if self.pool == "mean" else x.flatten(1)
+
+    def features_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Features ``[T, B, feature_dim]`` of ``T`` tasks, task ``t`` computed with ``params[i][t]``.
+
+        ``x`` is ``[T, B, C, H, W]`` (or ``[T, B, H, W]`` for one channel); each tensor of ``params`` has a leading
+        task dimension (``p.expand(T, *p.shape)`` of shared weights is fine). Batch statistics are per task; running
+        statistics are not supported here (use :meth:`features` task by task).
+        """
+        if self.running_stats:
+            raise ValueError("features_tasks needs running_stats=False (per-task batch statistics only)")
+        if x.dim() == 4:
+            x = x.unsqueeze(2)
+        tasks, batch = x.shape[:2]
+        # [T, B, C, H, W] -> [B, T*C, H, W]: channel block t belongs to task t
+        h = x.transpose(0, 1).reshape(batch, tasks * x.shape[2], *x.shape[3:])
+        stride = 2 if self.variant == "strided" else 1
+        for i, norm in enumerate(self.norms):
+            w, b, gamma, beta = params[4 * i : 4 * i + 4]
+            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=stride, padding=1, groups=tasks)
+            h = F.batch_norm(h, None, None, gamma.reshape(-1), beta.reshape(-1), training=True, eps=norm.eps)
+            h = F.relu(h)
+            if self.variant == "maxpool":
+                h = F.max_pool2d(h, 2)
+        h = h.mean(dim=(2, 3)) if self.pool == "mean" else h.flatten(2)
+        return h.reshape(batch, tasks, -1).transpose(0, 1)
+
+    def forward_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits ``[T, B, out]`` of ``T`` tasks at once (features without a head), see :meth:`features_tasks`."""
+        h = self.features_tasks(x, params)
+        if self.head is None:
+            return h
+        return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
     def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         if params is None:
