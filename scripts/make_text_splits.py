@@ -20,14 +20,21 @@ COUNTS = {"clinc150": (50, 50, 50), "banking77": (25, 25, 27), "hwu64": (23, 16,
 OUT = Path(__file__).resolve().parents[1] / "src" / "fewshot" / "data" / "splits"
 
 
+def make_splits(name: str, root: str) -> dict[str, list[str]]:
+    """The train / val / test intents of data set ``name`` (each list sorted)."""
+    n_train, n_val, n_test = COUNTS[name]
+    names = sorted(intents(load_official(name, root, allow_download=False)))
+    if len(names) != n_train + n_val + n_test:
+        raise SystemExit(f"{name}: {len(names)} intents, expected {n_train + n_val + n_test}")
+    random.Random(0).shuffle(names)
+    parts = {"train": names[:n_train], "val": names[n_train : n_train + n_val], "test": names[n_train + n_val :]}
+    return {split: sorted(part) for split, part in parts.items()}
+
+
 def main(root: str) -> None:
-    for name, (n_train, n_val, n_test) in COUNTS.items():
-        names = sorted(intents(load_official(name, root, allow_download=False)))
-        assert len(names) == n_train + n_val + n_test, (name, len(names))
-        random.Random(0).shuffle(names)
-        parts = {"train": names[:n_train], "val": names[n_train : n_train + n_val], "test": names[n_train + n_val :]}
-        for split, part in parts.items():
-            (OUT / f"text_{name}_{split}.txt").write_text("\n".join(sorted(part)) + "\n")
+    for name in COUNTS:
+        for split, part in make_splits(name, root).items():
+            (OUT / f"text_{name}_{split}.txt").write_text("\n".join(part) + "\n")
             print(name, split, len(part))
 
 
