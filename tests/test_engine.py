@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from fewshot.config import apply_overrides, load_config, load_raw, RunConfig
+from fewshot.config import RunConfig, apply_overrides, load_config, load_raw
 from fewshot.engine import checkpoint as ckpt_mod
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import build_experiment

@@ -34,7 +34,7 @@ def test_reptile_meta_gradient_is_theta_minus_mean_phi(omniglot_train):
     phis = []
     for t in range(2):
         x, y = ep.support_x[t], ep.support_y[t]
-        phis.append(adam_beta1_zero(theta, lambda ps: F.cross_entropy(model(x, ps), y), 4, 0.01))
+        phis.append(adam_beta1_zero(theta, lambda ps, x=x, y=y: F.cross_entropy(model(x, ps), y), 4, 0.01))
     for i, p in enumerate(model.meta_parameters()):
         expected = theta[i] - (phis[0][i] + phis[1][i]) / 2
         torch.testing.assert_close(p.grad, expected, rtol=1e-9, atol=1e-8)  # conv biases before BN get ~0 gradient

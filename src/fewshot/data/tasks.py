@@ -6,8 +6,9 @@ what lets a killed run resume bit-identically and lets every method be scored on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ class Episode:
     def way(self) -> int:
         return self.classes.shape[1]
 
-    def task(self, t: int) -> "Episode":
+    def task(self, t: int) -> Episode:
         """Task ``t`` alone, as an episode of one task."""
         pick = (lambda x: x[t : t + 1]) if isinstance(self.support_x, torch.Tensor) else (lambda x: [x[t]])
         return Episode(
@@ -45,7 +46,7 @@ class Episode:
             self.classes[t : t + 1],
         )
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Episode":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
         def move(x: Any) -> Any:
             if not isinstance(x, torch.Tensor):
                 return x
