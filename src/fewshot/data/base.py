@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -48,6 +49,6 @@ class TensorClassDataset:
             batch = batch.float().mul_(self.scale)
         return batch
 
-    def subset(self, classes: Sequence[int]) -> "TensorClassDataset":
+    def subset(self, classes: Sequence[int]) -> TensorClassDataset:
         index = torch.as_tensor(list(classes), dtype=torch.long)
         return TensorClassDataset(self.data[index], [self.class_names[i] for i in index], self.scale)

@@ -8,7 +8,7 @@ Methods know nothing about files, logging or the command line.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
