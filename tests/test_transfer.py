@@ -148,6 +148,7 @@ def test_transfer_methods_take_lists_of_strings():
             logits = predictor(queries)
         assert logits.shape == (3, 3)
         assert logits.argmax(-1).tolist() == [0, 1, 2], type(method).__name__
+        assert all(p.requires_grad for p in method.backbone.parameters())  # adapting never freezes the method
 
 
 def test_conv4_baseline_trains_and_scores(data_root):

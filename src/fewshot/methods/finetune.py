@@ -106,8 +106,8 @@ class FineTune(TransferMethod):
         if cfg.top_k == 0:  # head only: features once, from the (unchanged) backbone
             self.backbone.eval()
             feats = embed(self.backbone, support_x)
-            head = self._train_head_only(feats, support_y, way, g)
-            return Adapted(self.backbone, head, 0, staged=False).requires_grad_(False).eval()
+            head = self._train_head_only(feats, support_y, way, g).requires_grad_(False)
+            return Adapted(self.backbone, head, 0, staged=False)  # shares (and must not freeze) the backbone
         model = copy.deepcopy(self.backbone)
         start = 0
         if cfg.top_k > 0:
