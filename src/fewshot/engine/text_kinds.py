@@ -97,6 +97,10 @@ class AllClassesExperiment:
                 if progress:
                     print(f"draw {draw}: {100 * scores[-1]:.2f}% ({adapt_s:.1f} s adapting, {predict_s:.1f} s "
                           f"predicting so far)", flush=True)
+            cache = getattr(self.method, "cache", None)  # feature extraction: keep the embeddings for later runs
+            store = cache() if callable(cache) else None
+            if store is not None and hasattr(store, "save"):
+                store.save()
         finally:
             self.method.train(was)
         self.seconds = {"adapt": adapt_s / draws, "predict": predict_s / draws}
