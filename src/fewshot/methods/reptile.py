@@ -3,6 +3,10 @@
 Each task trains a copy of the weights with Adam (beta1 = 0, as the paper) on mini-batches of its support set; the
 meta-gradient is ``theta - mean(phi)``, so the outer SGD step with learning rate ``epsilon`` is exactly Reptile's
 ``theta += epsilon * (mean(phi) - theta)`` (anneal ``epsilon`` with the engine's linear schedule, as the paper).
+
+For :class:`~fewshot.models.conv4.Conv4` the tasks of a meta-batch train together (``Conv4.forward_tasks``: the
+convolutions grouped by task, batch-norm statistics per task, Adam batched over tasks), on exactly the mini-batches
+the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to float tolerance).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.models.conv4 import Conv4
 
 
 @dataclass
@@ -27,6 +32,8 @@ class ReptileConfig:
     test_inner_steps: int = 50
     test_inner_batch: int = 5
     adam_beta2: float = 0.999
+    reference: bool = False
+    """Train the tasks one by one with ``torch.optim.Adam`` instead of all at once (same results, slower)."""
 
     def __post_init__(self) -> None:
         for name in ("inner_steps", "inner_batch", "test_inner_steps", "test_inner_batch"):
@@ -43,6 +50,59 @@ class Reptile(Method):
         super().__init__()
         self.model = model
         self.config = config or ReptileConfig()
+
+    def fast_path(self, x: object) -> bool:
+        """Whether the task-batched path applies (Conv-4 with per-task batch statistics, tensor inputs)."""
+        model = self.model
+        return (not self.config.reference and isinstance(model, Conv4) and not model.running_stats
+                and isinstance(x, torch.Tensor))
+
+    @staticmethod
+    def schedule(size: int, steps: int, batch: int) -> list[torch.Tensor]:
+        """The support indices of each inner step: a shuffled pass, reshuffled when the next batch would not fit."""
+        order = torch.randperm(size)
+        position, picks = 0, []
+        for _ in range(steps):
+            if position + batch > len(order):
+                order, position = torch.randperm(size), 0
+            picks.append(order[position : position + batch])
+            position += batch
+        return picks
+
+    def train_tasks(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """:meth:`train_task` for ``T`` tasks at once (``x`` is ``[T, N, ...]``): task weights ``[T, ...]``, losses.
+
+        Draws the same mini-batches as calling :meth:`train_task` task after task, and takes the same Adam
+        (beta1 = 0) steps as ``torch.optim.Adam``, batched over tasks.
+        """
+        tasks = y.shape[0]
+        picks = torch.stack([torch.stack(self.schedule(y.shape[1], steps, batch)) for _ in range(tasks)], dim=1)
+        rows = torch.arange(tasks).unsqueeze(1)
+        fast = [p.detach().expand(tasks, *p.shape).clone() for p in self.model.meta_parameters()]
+        second = [torch.zeros_like(p) for p in fast]
+        lr, beta2, eps = self.config.inner_lr, self.config.adam_beta2, 1e-8
+        losses = torch.zeros(tasks)
+        for step in range(1, steps + 1):
+            pick = picks[step - 1]
+            xb, yb = x[rows, pick], y[rows, pick]
+            with torch.enable_grad():
+                leaves = [p.requires_grad_() for p in fast]
+                logits = self.model.forward_tasks(xb, leaves)
+                per_task = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(yb.shape)
+                grads = torch.autograd.grad(per_task.mean(1).sum(), leaves)
+            losses = per_task.detach().mean(1)
+            fast = [p.detach() for p in fast]
+            bias_sqrt = (1 - beta2**step) ** 0.5
+            # torch.optim.Adam's arithmetic with beta1 = 0 (so its first moment is the gradient itself)
+            torch._foreach_mul_(second, beta2)
+            torch._foreach_addcmul_(second, grads, grads, value=1 - beta2)
+            denom = torch._foreach_sqrt(second)
+            torch._foreach_div_(denom, bias_sqrt)
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(fast, grads, denom, value=-lr)
+        return fast, losses
 
     def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> tuple[list[torch.Tensor], float]:
         """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)``; returns the task weights."""
@@ -63,6 +123,24 @@ class Reptile(Method):
         return [p.detach() for p in fast], float(loss.detach())
 
     def meta_gradient(self, episode: Episode) -> dict[str, float]:
+        if not self.fast_path(episode.support_x):
+            return self.meta_gradient_reference(episode)
+        params = self.model.meta_parameters()
+        tasks = episode.num_tasks
+        fast, losses = self.train_tasks(episode.support_x, episode.support_y, self.config.inner_steps,
+                                        self.config.inner_batch)
+        accuracy_sum = 0.0
+        if episode.query_y.shape[1] > 0:
+            with torch.no_grad():
+                logits = self.model.forward_tasks(episode.query_x, fast)
+                accuracy_sum = (logits.argmax(-1) == episode.query_y).float().mean(1).sum().item()
+        for p, f in zip(params, fast, strict=True):
+            delta = p.detach() - f.mean(0)
+            p.grad = delta if p.grad is None else p.grad + delta
+        return {"loss": losses.mean().item(), "accuracy": accuracy_sum / tasks}
+
+    def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
+        """The plain implementation: tasks one at a time with ``torch.optim.Adam``."""
         params = self.model.meta_parameters()
         tasks = episode.num_tasks
         deltas = [torch.zeros_like(p) for p in params]
@@ -70,13 +148,13 @@ class Reptile(Method):
         for t in range(tasks):
             x, y = episode.support_x[t], episode.support_y[t]
             fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch)
-            for d, p, f in zip(deltas, params, fast):
+            for d, p, f in zip(deltas, params, fast, strict=True):
                 d.add_(p.detach() - f, alpha=1 / tasks)
             total_loss += loss
             if episode.query_y.shape[1] > 0:
                 with torch.no_grad():
                     total_acc += accuracy(self.model(episode.query_x[t], fast), episode.query_y[t])
-        for p, d in zip(params, deltas):
+        for p, d in zip(params, deltas, strict=True):
             p.grad = d if p.grad is None else p.grad + d
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
@@ -84,3 +162,12 @@ class Reptile(Method):
         batch = min(self.config.test_inner_batch, len(support_y))
         fast, _ = self.train_task(support_x, support_y, self.config.test_inner_steps, batch)
         return lambda query_x: self.model(query_x, fast)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        """Logits ``[tasks, N*Q, N]``: all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
+        if not self.fast_path(episode.support_x):
+            return super().predict(episode)
+        batch = min(self.config.test_inner_batch, episode.support_y.shape[1])
+        fast, _ = self.train_tasks(episode.support_x, episode.support_y, self.config.test_inner_steps, batch)
+        with torch.no_grad():
+            return self.model.forward_tasks(episode.query_x, fast)
