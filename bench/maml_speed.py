@@ -9,7 +9,7 @@ same Conv-4 initialisation (seed 0) and the same pre-sampled real Omniglot tasks
     python bench/maml_speed.py --cases 5w1s-maml-1 --repeats 3 --iters 2
 
 Each worker times ``--iters`` meta-training iterations (meta-gradient + outer optimiser step) after ``--warmup``
-untimed ones, and reports it/s, tasks/s, its peak RSS (``ru_maxrss``) and the RSS it started the first iteration with.
+untimed ones, and reports it/s, tasks/s, its peak RSS (``VmHWM``) and the RSS it started the first iteration with.
 """
 
 from __future__ import annotations
@@ -65,6 +65,18 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries the parent's high-water mark across fork and exec into it.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def task_file(out: Path, setting: Setting, count: int, data_root: str | None) -> Path:
     """Pre-sampled real Omniglot (MAML split, train) tasks as uint8, shared by every worker."""
     path = out / f"tasks_{setting.way}w{setting.shot}s_q{setting.query}_mb{setting.meta_batch}_n{count}.pt"
@@ -101,7 +113,7 @@ def worker(args: argparse.Namespace) -> None:
     for i in range(args.iters):
         losses.append(step(episodes[(args.warmup + i) % len(episodes)]))
     elapsed = time.perf_counter() - begin
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({
         "case": args.case, "variant": args.variant, "iters": args.iters, "seconds": elapsed,
         "it_s": args.iters / elapsed, "tasks_s": args.iters * setting.meta_batch / elapsed,

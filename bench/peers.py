@@ -73,7 +73,7 @@ def standard_conv4(model: Conv4) -> nn.Sequential:
             layers[-2].weight.copy_(norm.weight)
             layers[-2].bias.copy_(norm.bias)
     layers += [MeanPool(), copy.deepcopy(model.head)]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).to(model.head.weight.dtype)
 
 
 def _images(x: torch.Tensor) -> torch.Tensor:
