@@ -22,6 +22,9 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
 from fewshot.models.conv4 import Conv4
 
+QUERY_CHUNK = 8
+"""Tasks per no-grad query forward on the fast path (bounds its memory)."""
+
 
 @dataclass
 class ReptileConfig:
@@ -132,8 +135,10 @@ class Reptile(Method):
         accuracy_sum = 0.0
         if episode.query_y.shape[1] > 0:
             with torch.no_grad():
-                logits = self.model.forward_tasks(episode.query_x, fast)
-                accuracy_sum = (logits.argmax(-1) == episode.query_y).float().mean(1).sum().item()
+                for start in range(0, tasks, QUERY_CHUNK):  # chunked: the query batch is the big activation
+                    part = slice(start, start + QUERY_CHUNK)
+                    logits = self.model.forward_tasks(episode.query_x[part], [f[part] for f in fast])
+                    accuracy_sum += (logits.argmax(-1) == episode.query_y[part]).float().mean(1).sum().item()
         for p, f in zip(params, fast, strict=True):
             delta = p.detach() - f.mean(0)
             p.grad = delta if p.grad is None else p.grad + delta
