@@ -53,6 +53,6 @@ def test_errors_are_one_line(tmp_path, data_root, capsys):
     assert err.startswith("fewshot: error: unknown config key 'method.inner_stepz'") and "Traceback" not in err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    assert main(["train", "omniglot_5w1s_maml", "train.way=2000", "eval.way=2000", *TINY[:1],
+    assert main(["train", "omniglot_5w1s_maml", "train.way=5000", "eval.way=5000", *TINY[:1],
                  "--out", str(tmp_path / "y"), "--data-root", str(data_root), "--no-progress"]) == 2
-    assert "2000-way tasks need 2000 classes" in capsys.readouterr().err
+    assert "5000-way tasks need 5000 classes but the split has only 4400" in capsys.readouterr().err
