@@ -50,6 +50,8 @@ class PromptConfig:
     init: str = "random"
     """Starting point of the prompt: ``random`` (Gaussian, word-embedding std) or ``vocab`` (random token vectors)."""
     init_seed: int = 0
+    init_scale: float = 1.0
+    """``random`` init: multiple of the word embeddings' standard deviation."""
     head: str = "class_mean"
     """Encoder head: ``class_mean`` (cosine, starts at the support class means) or ``linear`` (zero init)."""
     scale: float = 10.0
@@ -74,16 +76,16 @@ class PromptConfig:
         if self.steps < 0 or self.inner_steps < 1:
             raise FewShotError(f"method.steps must be >= 0 and inner_steps >= 1, got {self.steps}, "
                                f"{self.inner_steps}")
-        if not (self.lr > 0 and self.head_lr >= 0 and self.scale > 0):
+        if not (self.lr > 0 and self.head_lr >= 0 and self.scale > 0 and self.init_scale > 0):
             raise FewShotError("method.lr and method.scale must be > 0, method.head_lr >= 0")
 
 
-def initial_prompt(embeddings: nn.Embedding, length: int, init: str, seed: int) -> torch.Tensor:
+def initial_prompt(embeddings: nn.Embedding, length: int, init: str, seed: int, scale: float = 1.0) -> torch.Tensor:
     """``[length, dim]`` starting prompt from the model's word embeddings (seeded)."""
     g = torch.Generator().manual_seed(seed)
     weight = embeddings.weight.detach()
     if init == "random":
-        return torch.randn(length, weight.shape[1], generator=g) * weight.std()
+        return torch.randn(length, weight.shape[1], generator=g) * weight.std() * scale
     vocab = weight.shape[0]
     low = min(1000, vocab // 10)  # skip special / unused tokens at the start of the vocabulary
     ids = torch.randint(low, min(vocab, low + 5000), (length,), generator=g)
@@ -109,7 +111,7 @@ class PromptTuning(Method):
                                f"label_logits(...); {type(model).__name__} has neither")
         embeddings = model.word_embeddings()
         self.prompt = nn.Parameter(initial_prompt(embeddings, self.config.length, self.config.init,
-                                                  self.config.init_seed))
+                                                  self.config.init_seed, self.config.init_scale))
         self.class_names: Sequence[str] | None = None
 
     @property
