@@ -58,7 +58,7 @@ def assert_same_gradients(fast, reference, dtype, bias_tol=None, tol=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_fast_equals_reference(omniglot_train, steps, dtype):
-    ep = episode(omniglot_train, dtype=dtype)
+    ep = episode(omniglot_train, query=2, dtype=dtype)
     fast, fast_metrics = meta_gradients(MAML, MAMLConfig(inner_steps=steps, task_chunk=2), model(dtype=dtype), ep)
     ref, ref_metrics = meta_gradients(MAML, MAMLConfig(inner_steps=steps, reference=True), model(dtype=dtype), ep)
     assert_same_gradients(fast, ref, dtype)
