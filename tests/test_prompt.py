@@ -100,27 +100,26 @@ def test_vocab_init_and_bad_input(minilm):
 
 
 @pytest.mark.slow
-def test_meta_learned_prompt_beats_its_random_init(minilm, data_root):
-    """A short real run: HWU64 training intents -> held-out test intents, identical episodes for both.
+def test_meta_learned_prompt_beats_its_random_init(data_root, tmp_path):
+    """The shipped recipe's real run, shortened: BANKING77 training intents -> the first 50 fixed 5-way 1-shot test
+    episodes (held-out intents), the same tasks for the meta-learned prompt and for its own random start.
 
-    (On CLINC150 a random 4-vector prompt costs nothing at 1-shot — 95.2% before, 94.8% after 40 meta-iterations on
-    20 episodes — so there is no room to show; HWU64 has it.) Measured values: results/text.md.
+    Measured here (results/text.md): random init 84.00%, meta-learned 87.36% (+3.4 points). The run is deterministic
+    (seeded prompt init and batches, no dropout); the threshold leaves room for float noise. About 5 minutes on an
+    idle 2-core CPU (50 minutes on the shared machine it was measured on).
     """
-    from fewshot.data.text import text_dataset
+    from fewshot.config import load_config
     from fewshot.engine.evaluate import evaluate
+    from fewshot.engine.experiment import build_experiment
+    from fewshot.engine.train import train
 
-    torch.manual_seed(0)
-    train, test = text_dataset("hwu64", "train", data_root), text_dataset("hwu64", "test", data_root)
-    method = _method(minilm, length=4, steps=5, inner_steps=3, init="random", meta="fomaml")
-    before = evaluate(method, test, 5, 1, 5, 20, seed=0)
-    sampler = TaskSampler(train, 5, 1, 2, seed=0)
-    optimizer = torch.optim.Adam(method.meta_parameters(), lr=0.01)
-    method.train()
-    for it in range(40):
-        optimizer.zero_grad()
-        method.meta_gradient(sampler.sample(2, it))
-        optimizer.step()
-    after = evaluate(method, test, 5, 1, 5, 20, seed=0)
+    config = load_config("banking77_5w1s_prompt_minilm", ["train.iterations=80", "train.val_episodes=0",
+                                                           "train.checkpoint_every=80"])
+    experiment = build_experiment(config, str(data_root))
+    test = experiment.dataset("test")
+    before = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
+    train(experiment, tmp_path / "run", progress=False)
+    after = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
     paired = torch.tensor(after.per_episode) - torch.tensor(before.per_episode)
     print(f"random init {before}, meta-learned {after}, paired gain {paired.mean():+.4f}")
-    assert paired.mean() > 0.02, (before, after)
+    assert paired.mean() > 0.015, (before, after)
