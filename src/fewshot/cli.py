@@ -141,7 +141,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         from fewshot.engine.checkpoint import load_checkpoint
 
-        config = load_checkpoint(ckpt).config
+        from fewshot.config import apply_overrides
+
+        config = apply_overrides(load_checkpoint(ckpt).config, args.overrides)
         print(json.dumps({**result.to_dict(), "method": config["method"]["name"], "recipe": config["name"],
                           "split": args.split or config["eval"]["split"], "checkpoint": str(ckpt)}))
     else:
