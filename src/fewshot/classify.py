@@ -83,7 +83,7 @@ def classify(
         size, channels = _image_input(config)
         data = image_folder(support, size=size, channels=channels, min_per_class=1)
         paths = _image_paths(queries)
-        query_images = torch.stack([torch.from_numpy(load_image(p, size, channels)) for p in paths])
+        query_images = torch.stack([torch.from_numpy(load_image(p, size, channels).copy()) for p in paths])
         flip = config.data.name == "omniglot" and (invert == "yes" or invert == "auto" and _looks_inverted(data.images))
         support_x, query_x = data.images, query_images
         if flip:

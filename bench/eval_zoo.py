@@ -1,0 +1,76 @@
+"""Evaluate every model-zoo checkpoint on its recipe's fixed test episodes; write JSON and a markdown table.
+
+Usage: python bench/eval_zoo.py [--zoo zoo] [--episodes 600] [--out bench/out/zoo.json]
+Also exports a run's best checkpoint into the zoo (weights + config, no optimizer state):
+       python bench/eval_zoo.py --export runs/omniglot_5w1s_protonet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from fewshot.config import RunConfig
+from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fewshot.engine.experiment import build_experiment
+
+PAPER = {  # Omniglot accuracies (%) as published: 5w1s, 5w5s, 20w1s, 20w5s
+    "maml": {"5w1s": 98.7, "5w5s": 99.9, "20w1s": 95.8, "20w5s": 98.9},
+    "fomaml": {"5w1s": 98.3, "5w5s": 99.2, "20w1s": 89.4, "20w5s": 97.9},
+    "reptile": {"5w1s": 97.68, "5w5s": 99.48, "20w1s": 89.43, "20w5s": 97.12},
+    "protonet": {"5w1s": 98.8, "5w5s": 99.7, "20w1s": 96.0, "20w5s": 98.9},
+}
+
+
+def export(run_dir: Path, zoo: Path, which: str = "best") -> Path:
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.safetensors")
+    out = zoo / f"{ckpt.config['name']}.safetensors"
+    extra = {k: ckpt.extra[k] for k in ("best_val_accuracy", "best_val_iteration", "wall_seconds") if k in ckpt.extra}
+    save_checkpoint(out, Checkpoint(ckpt.weights, ckpt.iteration, ckpt.config, extra=extra))
+    return out
+
+
+def evaluate_zoo(zoo: Path, episodes: int, root: str | None) -> list[dict]:
+    rows = []
+    for path in sorted(zoo.glob("*.safetensors")):
+        ckpt = load_checkpoint(path)
+        config = RunConfig.from_dict(ckpt.config)
+        experiment = build_experiment(config, root)
+        experiment.method.load_state_dict(ckpt.weights)
+        start = time.perf_counter()
+        result = experiment.test(episodes)
+        cell = f"{config.eval.way}w{config.eval.shot}s"
+        variant = "fomaml" if config.method.options.get("first_order") else config.method.name
+        rows.append({"checkpoint": str(path), "recipe": config.name, "method": variant, "cell": cell,
+                     "accuracy": result.accuracy, "ci95": result.ci95, "episodes": result.episodes,
+                     "iterations": ckpt.iteration, "train_wall_seconds": ckpt.extra.get("wall_seconds"),
+                     "paper": PAPER.get(variant, {}).get(cell), "eval_seconds": time.perf_counter() - start})
+        print(f"| {config.name} | {100 * result.accuracy:.2f} ± {100 * result.ci95:.2f} | {rows[-1]['paper']} | "
+              f"{ckpt.iteration} |", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo", type=Path, default=Path("zoo"))
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--data-root")
+    parser.add_argument("--out", type=Path, default=Path("bench/out/zoo.json"))
+    parser.add_argument("--export", type=Path, nargs="*", help="run folders to export into the zoo first")
+    args = parser.parse_args()
+    for run in args.export or []:
+        print("exported", export(run, args.zoo))
+    rows = evaluate_zoo(args.zoo, args.episodes, args.data_root)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                    "results": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
