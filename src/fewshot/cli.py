@@ -139,9 +139,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ckpt = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
     result = _evaluate(ckpt, args.episodes, args.split, args.data_root, args.overrides, progress=not args.json)
     if args.json:
-        from fewshot.engine.checkpoint import load_checkpoint
-
         from fewshot.config import apply_overrides
+        from fewshot.engine.checkpoint import load_checkpoint
 
         config = apply_overrides(load_checkpoint(ckpt).config, args.overrides)
         print(json.dumps({**result.to_dict(), "method": config["method"]["name"], "recipe": config["name"],
