@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
+from fewshot.errors import FewShotError
+
 
 class ClassDataset(Protocol):
     """Anything with classes of examples: images, sentences, features.
@@ -52,3 +54,32 @@ class TensorClassDataset:
     def subset(self, classes: Sequence[int]) -> TensorClassDataset:
         index = torch.as_tensor(list(classes), dtype=torch.long)
         return TensorClassDataset(self.data[index], [self.class_names[i] for i in index], self.scale)
+
+
+class LabelledTensorDataset:
+    """Examples ``[N, ...]`` with labels ``[N]`` (classes of any size), usable as a class data set.
+
+    ``divisor``: gathered batches become ``float / divisor`` (e.g. 255 for uint8 images); ``None`` returns them as
+    stored.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str],
+                 divisor: float | None = None) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise FewShotError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images, self.labels, self.class_names = images, labels, list(class_names)
+        self.divisor = divisor
+        self._members = [torch.nonzero(labels == c).flatten() for c in range(len(self.class_names))]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def class_sizes(self) -> torch.Tensor:
+        return torch.tensor([len(m) for m in self._members], dtype=torch.long)
+
+    def gather(self, classes: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+        pairs = zip(classes.tolist(), examples.tolist(), strict=True)
+        index = torch.stack([self._members[c][e] for c, e in pairs]) if classes.numel() else classes
+        batch = self.images[index]
+        return batch if self.divisor is None else batch.float().div_(self.divisor)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewshot.data.base import LabelledTensorDataset
 from fewshot.data.download import data_root
 from fewshot.errors import FewShotError
 
@@ -28,26 +29,8 @@ DOMAINS = ("mnist", "usps")
 SPLITS = ("all", "train", "test")
 
 
-class LabelledImages:
+class LabelledImages(LabelledTensorDataset):
     """Images ``[N, H, W]`` with labels ``[N]``, also usable as a class data set (episodes) via ``gather``."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> None:
-        if images.shape[0] != labels.shape[0]:
-            raise FewShotError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        self.images, self.labels, self.class_names = images, labels, list(class_names)
-        self._members = [torch.nonzero(labels == c).flatten() for c in range(len(class_names))]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def class_sizes(self) -> torch.Tensor:
-        return torch.tensor([len(m) for m in self._members], dtype=torch.long)
-
-    def gather(self, classes: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
-        pairs = zip(classes.tolist(), examples.tolist(), strict=True)
-        index = torch.stack([self._members[c][e] for c, e in pairs])
-        return self.images[index]
 
     def subset(self, index: torch.Tensor) -> LabelledImages:
         return LabelledImages(self.images[index], self.labels[index], self.class_names)

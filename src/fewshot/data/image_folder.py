@@ -20,34 +20,20 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fewshot.data.base import LabelledTensorDataset
 from fewshot.errors import FewShotError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLITS = ("train", "val", "test")
 
 
-class ImageFolderDataset:
+class ImageFolderDataset(LabelledTensorDataset):
     """Images of ragged classes in one tensor ``[N, C, size, size]`` (uint8), gathered as float in [0, 1]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
                  paths: list[str] | None = None) -> None:
-        if images.shape[0] != labels.shape[0]:
-            raise FewShotError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        self.images, self.labels, self.class_names = images, labels, list(class_names)
+        super().__init__(images, labels, class_names, divisor=255)
         self.paths = paths or []
-        self._members = [torch.nonzero(labels == c).flatten() for c in range(len(class_names))]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def class_sizes(self) -> torch.Tensor:
-        return torch.tensor([len(m) for m in self._members], dtype=torch.long)
-
-    def gather(self, classes: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
-        pairs = zip(classes.tolist(), examples.tolist(), strict=True)
-        index = torch.stack([self._members[c][e] for c, e in pairs]) if classes.numel() else classes
-        return self.images[index].float().div_(255)
 
 
 def _is_image(path: Path) -> bool:
