@@ -34,7 +34,7 @@ def test_train_eval_resume(tmp_path, data_root, capsys):
     args = ["--out", str(run), "--data-root", str(data_root), "--no-progress"]
     assert main(["train", "omniglot_5w1s_fomaml", *TINY, "--stop-after", "2", *args]) == 0
     assert "test accuracy" not in capsys.readouterr().out  # stopped early: no test yet
-    assert main(["train", str(run), "train.iterations=4", "--resume", *args[2:]]) == 0
+    assert main(["train", str(run), "--resume", "train.iterations=4", *args[2:]]) == 0  # overrides after options
     out = capsys.readouterr().out
     assert "test accuracy (omniglot_5w1s_fomaml):" in out and "(8 episodes)" in out
     assert main(["eval", str(run), "--episodes", "8", "--json", "--data-root", str(data_root)]) == 0
