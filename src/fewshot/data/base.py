@@ -83,3 +83,11 @@ class LabelledTensorDataset:
         index = torch.stack([self._members[c][e] for c, e in pairs]) if classes.numel() else classes
         batch = self.images[index]
         return batch if self.divisor is None else batch.float().div_(self.divisor)
+
+
+def shipped_split(filename: str) -> list[str]:
+    """The non-empty lines of a class-split file shipped in ``fewshot/data/splits/``."""
+    from importlib import resources
+
+    text = resources.files("fewshot.data").joinpath("splits", filename).read_text()
+    return [line for line in text.splitlines() if line]

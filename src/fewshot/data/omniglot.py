@@ -17,14 +17,13 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.data.base import TensorClassDataset
+from fewshot.data.base import TensorClassDataset, shipped_split
 from fewshot.data.download import cache_dir, data_root, download, file_digest
 from fewshot.errors import FewShotError
 
@@ -139,8 +138,7 @@ def split_characters(scheme: str, split: str) -> list[str]:
         raise FewShotError(f"unknown Omniglot split scheme {scheme!r}; choose one of {SPLIT_SCHEMES}")
     if split not in SPLITS:
         raise FewShotError(f"unknown split {split!r}; choose one of {SPLITS}")
-    text = resources.files("fewshot.data").joinpath("splits", f"omniglot_{scheme}_{split}.txt").read_text()
-    return [line for line in text.splitlines() if line]
+    return shipped_split(f"omniglot_{scheme}_{split}.txt")
 
 
 @dataclass

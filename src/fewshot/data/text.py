@@ -23,11 +23,11 @@ import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from fewshot.data.base import shipped_split
 from fewshot.data.download import data_root, download, file_digest
 from fewshot.errors import FewShotError
 
@@ -200,8 +200,7 @@ def split_intents(name: str, split: str) -> list[str]:
         raise FewShotError(f"unknown split {split!r}; choose one of {SPLITS}")
     if name not in FILES:
         raise FewShotError(f"unknown text data set {name!r}; choose one of {NAMES}")
-    text = resources.files("fewshot.data").joinpath("splits", f"text_{name}_{split}.txt").read_text()
-    return [line for line in text.splitlines() if line]
+    return shipped_split(f"text_{name}_{split}.txt")
 
 
 def _with_oos(official: dict[str, Pairs], key: str) -> Pairs:
