@@ -28,7 +28,7 @@ PROMPT = {"length": 4, "head": "class_mean", "scale": 10.0, "steps": 10, "lr": 0
 
 def base(data: str, shot: int, name: str, description: str, kind: str, model: dict, method: dict,
          train: dict | None = None, episodes: int = 600) -> dict:
-    train_cfg = {"way": 5, "shot": shot, "query": 15, "meta_batch": 1, "iterations": 1, "val_every": 1,
+    train_cfg = {"way": 5, "shot": shot, "query": 15, "meta_batch": 1, "iterations": 0, "val_every": 1,
                  "val_episodes": 0, "checkpoint_every": 1, "threads": 1}
     train_cfg.update(train or {})
     return {
@@ -91,7 +91,7 @@ def all_classes(data: str) -> list[dict]:
             "data": {"name": data, "options": {"setting": "all_classes", "shot": 10, "sample_seed": 0}},
             "model": MINILM,
             "method": {"name": "features", "options": method},
-            "train": {"iterations": 1, "val_every": 1, "val_episodes": 0, "checkpoint_every": 1, "threads": 1},
+            "train": {"iterations": 0, "val_every": 1, "val_episodes": 0, "checkpoint_every": 1, "threads": 1},
             "eval": {"episodes": 5, "seed": 0},
         })
     return out

@@ -56,3 +56,17 @@ def test_errors_are_one_line(tmp_path, data_root, capsys):
     assert main(["train", "omniglot_5w1s_maml", "train.way=5000", "eval.way=5000", *TINY[:1],
                  "--out", str(tmp_path / "y"), "--data-root", str(data_root), "--no-progress"]) == 2
     assert "5000-way tasks need 5000 classes but the split has only 4400" in capsys.readouterr().err
+
+
+def test_zero_iterations_scores_the_initial_weights(tmp_path, data_root, capsys):
+    run = tmp_path / "untrained"
+    overrides = [o for o in TINY if not o.startswith("train.iterations")] + ["train.iterations=0"]
+    assert main(["train", "omniglot_5w1s_protonet", *overrides, "--out", str(run), "--data-root", str(data_root),
+                 "--no-progress"]) == 0
+    assert "test accuracy (omniglot_5w1s_protonet):" in capsys.readouterr().out
+    assert (run / "checkpoints" / "last.safetensors").exists() and (run / "checkpoints" / "best.safetensors").exists()
+    assert main(["train", "omniglot_5w1s_protonet", *overrides, "--out", str(run), "--data-root", str(data_root),
+                 "--no-progress"]) == 2  # the folder holds a run now
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train", "omniglot_5w1s_protonet", "train.iterations=-1", "--out", str(tmp_path / "z")]) == 2
+    assert "train.iterations must be >= 0" in capsys.readouterr().err

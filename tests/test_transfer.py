@@ -178,3 +178,24 @@ def test_conv4_baseline_trains_and_scores(data_root):
     result = experiment.test(episodes=10)
     assert result.episodes == 10 and len(result.per_episode) == 10 and 0.0 <= result.accuracy <= 1.0
     assert method.training and method.backbone.training  # evaluate() restored the training mode
+
+
+def test_conv4_top_k_finetune_freezes_the_bottom_blocks(omniglot_test):
+    from fewshot.models.conv4 import Conv4
+
+    torch.manual_seed(0)
+    conv4 = Conv4(out_features=None, running_stats=True).eval()
+    x = torch.rand(3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(conv4.forward_blocks(conv4.forward_blocks(x, 0, 2), 2), conv4(x), atol=1e-6)
+    assert len(conv4.blocks) == 4 and set(conv4.state_dict()) == set(Conv4(out_features=None,
+                                                                              running_stats=True).state_dict())
+    episode = TaskSampler(omniglot_test, 5, 1, 2, seed=0).sample(1)
+    before = {k: v.clone() for k, v in conv4.state_dict().items()}
+    adapted = FineTune(conv4, FineTuneConfig(top_k=1, steps=5, lr=0.1)).adapt(episode.support_x[0],
+                                                                               episode.support_y[0], 5)
+    after = adapted.model.state_dict()
+    top = ("convs.3.", "norms.3.")
+    assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith(top))
+    assert all(not torch.equal(after[k], before[k]) for k in ("convs.3.weight", "norms.3.weight"))
+    assert adapted.staged and adapted(episode.query_x[0]).shape == (10, 5)

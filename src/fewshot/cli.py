@@ -185,6 +185,10 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
 
     ckpt = load_checkpoint(ckpt_path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
+    if config.train.threads:  # the run's thread count (or train.threads=N) also governs its evaluation
+        import torch
+
+        torch.set_num_threads(config.train.threads)
     experiment = build_experiment(config, root)
     try:
         experiment.method.load_state_dict(ckpt.weights)

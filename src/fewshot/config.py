@@ -63,8 +63,9 @@ class TrainConfig:
     """Torch threads (0 = leave torch's default)."""
 
     def __post_init__(self) -> None:
-        for name in ("way", "shot", "meta_batch", "iterations", "val_every", "checkpoint_every", "log_every",
-                     "step_size"):
+        if self.iterations < 0:
+            raise FewShotError(f"train.iterations must be >= 0 (0: nothing to train), got {self.iterations}")
+        for name in ("way", "shot", "meta_batch", "val_every", "checkpoint_every", "log_every", "step_size"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.query < 0 or self.val_episodes < 0:

@@ -5,7 +5,7 @@
   uniformly from the training split). At validation and test time that classifier is dropped and the method's own
   per-task adaptation (fine-tuning or a new classifier on frozen features) runs on the fixed episodes.
 * ``pretrained`` — nothing is trained: the backbone comes pretrained (e.g. ImageNet EfficientNet-Lite0). Each
-  iteration is a no-op (``train.iterations: 1`` is enough), so ``fewshot train`` writes a run folder and scores the
+  recipe sets ``train.iterations: 0``, so ``fewshot train`` only writes a run folder and scores the
   fixed test episodes, and ``fewshot eval`` re-scores it.
 
 Both reuse the episodic experiment's validation and test protocol, so the numbers are comparable with the

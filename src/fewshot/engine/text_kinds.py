@@ -5,7 +5,7 @@
   run exactly as under ``episodic``.
 * ``text_all_classes`` — the intent-detection papers' K-shot setting: adapt on K examples of *every* class (the
   data set's ``all_classes`` setting, ``data.options.shot`` = K) and score on the whole official test set. There is
-  no meta-training (each iteration is a no-op; ``train.iterations: 1``). ``eval.episodes`` is the number of
+  no meta-training (``train.iterations: 0``). ``eval.episodes`` is the number of
   independent K-shot draws (seeds ``sample_seed``, ``sample_seed + 1``, ...); the result is the mean test accuracy
   over draws, its 95% CI over draws, and ``query`` = the number of test sentences.
 """

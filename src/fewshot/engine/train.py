@@ -160,6 +160,8 @@ def train(
                    "best_val_accuracy": best, "best_val_iteration": best_it,
                    "command": " ".join(shlex.quote(a) for a in sys.argv)}
         write_report(run_dir, summary, config_yaml)
+    if end == 0:  # nothing to train (a pretrained backbone): the run folder still holds its weights
+        save(ckpt_dir / LAST, end)
     if best_it < 0:  # no validation ran: the last weights are the ones to use
         save(ckpt_dir / BEST, end)
     return TrainResult(run_dir, end, best, best_it, wall_before + time.perf_counter() - began)

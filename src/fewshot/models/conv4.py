@@ -76,13 +76,28 @@ class Conv4(nn.Module):
             params += [self.head.weight, self.head.bias]
         return params
 
-    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The conv blocks (conv + batch norm), input to output, as a fresh list over this model's own modules.
+
+        It lets fine-tuning freeze all but the top ``k`` blocks (see :meth:`forward_blocks`); being built on demand,
+        it adds nothing to the state dict.
+        """
+        return nn.ModuleList(nn.ModuleList([conv, norm]) for conv, norm in zip(self.convs, self.norms, strict=True))
+
+    def forward_blocks(
+        self, x: torch.Tensor, start: int = 0, stop: int | None = None,
+        params: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Run blocks ``start`` to ``stop`` (exclusive) on ``x``; to the last block, the pooled features follow."""
         if params is None:
             params = self.meta_parameters()
-        if x.dim() == 3:
+        stop = len(self.convs) if stop is None else stop
+        if start == 0 and x.dim() == 3:
             x = x.unsqueeze(1)
         stride = 2 if self.variant == "strided" else 1
-        for i, norm in enumerate(self.norms):
+        for i in range(start, stop):
+            norm = self.norms[i]
             w, b, gamma, beta = params[4 * i : 4 * i + 4]
             x = F.conv2d(x, w, b, stride=stride, padding=1)
             use_running = self.running_stats and not self.training
@@ -95,7 +110,12 @@ class Conv4(nn.Module):
             x = F.relu(x)
             if self.variant == "maxpool":
                 x = F.max_pool2d(x, 2)
+        if stop < len(self.convs):
+            return x
         return x.mean(dim=(2, 3)) if self.pool == "mean" else x.flatten(1)
+
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.forward_blocks(x, params=params)
 
     def features_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
         """Features ``[T, B, feature_dim]`` of ``T`` tasks, task ``t`` computed with ``params[i][t]``.
