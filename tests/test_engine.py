@@ -70,6 +70,17 @@ def test_run_folder_contents(tmp_path, data_root):
         train(build_experiment(tiny("omniglot_5w1s_reptile", "train.iterations=6"), data_root), run, progress=False)
 
 
+def test_time_limit_stops_and_the_run_resumes(tmp_path, data_root):
+    run = tmp_path / "run"
+    config = tiny("omniglot_5w1s_reptile", "train.iterations=6", "train.checkpoint_every=100")
+    first = train(build_experiment(config, data_root), run, progress=False, time_limit=1e-9)
+    assert first.iterations == 1  # the limit is checked after each iteration
+    assert load_checkpoint(run / "checkpoints" / "last.safetensors").iteration == 1
+    assert train(build_experiment(config, data_root), run, resume=True, progress=False).iterations == 6
+    with pytest.raises(FewShotError, match="time limit must be > 0"):
+        train(build_experiment(config, data_root), tmp_path / "other", progress=False, time_limit=0)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root):
     experiment = build_experiment(tiny("omniglot_5w1s_reptile", "train.iterations=20"), data_root)
     clean_batch = experiment.batch

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after", type=int, help="stop after this many iterations (resume later)")
+    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="stop after this many minutes of training (resume later)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint on fixed test episodes",
@@ -127,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = RunConfig.from_dict(apply_overrides(raw, args.overrides))
     experiment = build_experiment(config, args.data_root)
     result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress,
-                   stop_after=args.stop_after)
+                   stop_after=args.stop_after, time_limit=None if args.time_limit is None else 60 * args.time_limit)
     print(f"run folder: {run_dir}")
     if result.best_val_iteration >= 0:
         print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "

@@ -58,12 +58,16 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
 
 
 def train(
-    experiment: Experiment, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None
+    experiment: Experiment, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Train ``experiment`` into ``run_dir``; with ``resume``, continue from ``run_dir/checkpoints/last``.
 
-    ``stop_after`` ends the loop early after that many iterations (the run can be resumed later).
+    ``stop_after`` ends the loop early after that many iterations, ``time_limit`` after the first iteration that
+    ends that many seconds (of this call's training loop) in; either way the run can be resumed later.
     """
+    if time_limit is not None and not time_limit > 0:
+        raise FewShotError(f"the time limit must be > 0 seconds, got {time_limit}")
     config: RunConfig = experiment.config
     cfg = config.train
     if cfg.threads:
@@ -140,8 +144,12 @@ def train(
                 if val.accuracy > best:
                     best, best_it = val.accuracy, done
                     save(ckpt_dir / BEST, done)
-            if done % cfg.checkpoint_every == 0 or done == end:
+            out_of_time = time_limit is not None and time.perf_counter() - began >= time_limit
+            if done % cfg.checkpoint_every == 0 or done == end or out_of_time:
                 save(ckpt_dir / LAST, done)
+            if out_of_time:
+                end = done
+                break
         status = "finished" if end == cfg.iterations else f"stopped at iteration {end}"
     except KeyboardInterrupt:
         status = "interrupted (resume with --resume)"
