@@ -123,6 +123,9 @@ def test_checkpoint_roundtrip_without_pickle(tmp_path):
     save_checkpoint(path, Checkpoint(model.state_dict(), 7, {"name": "x"}, opt.state_dict(), torch.get_rng_state()))
     loaded = load_checkpoint(path)
     assert loaded.iteration == 7 and loaded.config == {"name": "x"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual file permissions, not owner-only
     opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
     opt2.load_state_dict(loaded.optimizer)
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

@@ -52,6 +52,9 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     save_file(tensors, str(tmp), metadata={"fewshot": json.dumps(meta)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; give the usual permissions
     os.replace(tmp, path)
 
 
