@@ -119,6 +119,7 @@ def test_meta_learned_prompt_beats_its_random_init(data_root, tmp_path):
     test = experiment.dataset("test")
     before = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
     train(experiment, tmp_path / "run", progress=False)
+    experiment.method.use_class_names(test.class_names)  # training left the training split's names in place
     after = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
     paired = torch.tensor(after.per_episode) - torch.tensor(before.per_episode)
     print(f"random init {before}, meta-learned {after}, paired gain {paired.mean():+.4f}")

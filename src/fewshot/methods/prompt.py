@@ -202,9 +202,13 @@ class PromptTuning(Method):
         return predict
 
     def _task_names(self, episode: Episode, t: int) -> list[str] | None:
-        if self.class_names is None:
+        if self.class_names is None or not self.verbalizer:  # only a verbalizer reads label words
             return None
-        return [self.class_names[c] for c in episode.classes[t].tolist()]
+        classes = episode.classes[t].tolist()
+        if max(classes) >= len(self.class_names):
+            raise FewShotError(f"the episode has class {max(classes)} but the method knows {len(self.class_names)} "
+                               f"class names: call use_class_names() with the names of the split it samples")
+        return [self.class_names[c] for c in classes]
 
     def predict(self, episode: Episode, start: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, each task tuned from ``start`` (default: the current initialisation)."""
