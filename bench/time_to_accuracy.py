@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from fewshot.config import load_config
-from fewshot.engine.checkpoint import load_checkpoint
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import train
 
@@ -60,11 +59,11 @@ def main() -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     load_before = os.getloadavg()
-    points = []
+    experiment = build_experiment(config, args.data_root)  # each resume reloads weights, optimizer and RNG
+    points, trained = [], 0.0
     for i, mark in enumerate(sorted(args.minutes)):
-        experiment = build_experiment(config, args.data_root)
-        trained = load_checkpoint(run_dir / "checkpoints" / "last.safetensors").extra["wall_seconds"] if i else 0.0
         result = train(experiment, run_dir, resume=i > 0, progress=False, time_limit=max(1e-9, 60 * mark - trained))
+        trained = result.wall_seconds
         began = time.perf_counter()
         with torch.random.fork_rng():
             score = experiment.test(args.episodes)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from fewshot.errors import FewShotError
 
@@ -49,12 +49,11 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         tensors["rng.torch"] = ckpt.rng
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"fewshot": json.dumps(meta)})
-    with open(tmp, "rb") as f:
+    # written by us rather than safetensors' save_file, which creates owner-only (0600) files
+    with open(tmp, "wb") as f:
+        f.write(save(tensors, metadata={"fewshot": json.dumps(meta)}))
+        f.flush()
         os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors creates owner-only files; give the usual permissions
     os.replace(tmp, path)
 
 
