@@ -181,3 +181,43 @@ def test_unreadable_recipe_and_unknown_names(tmp_path):
 @pytest.fixture(autouse=True)
 def _threads():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class _StopAfter:
+    """Wraps a method so that its ``chunks``-th predict call dies like a killed process."""
+
+    def __init__(self, method, chunks: int) -> None:
+        self.method, self.left = method, chunks
+        self.training = method.training
+
+    def eval(self):
+        self.method.eval()
+
+    def train(self, mode: bool = True):
+        self.method.train(mode)
+
+    def predict(self, episode):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return self.method.predict(episode)
+
+
+def test_interrupted_evaluation_resumes_where_it_stopped(tmp_path, data_root, capsys):
+    from fewshot.engine.evaluate import evaluate
+
+    experiment = build_experiment(load_config("omniglot_5w1s_protonet", ["model.hidden=16"]), data_root)
+    data, record = experiment.dataset("test"), tmp_path / "record.json"
+    args = dict(way=5, shot=1, query=3, episodes=20, seed=0, chunk=5)
+    full = evaluate(experiment.method, data, **args)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(_StopAfter(experiment.method, 2), data, record=record, identity={"run": "a"}, **args)
+    assert len(__import__("json").loads(record.read_text())["scores"]) == 10  # two chunks kept
+
+    resumed = evaluate(_StopAfter(experiment.method, 2), data, record=record, identity={"run": "a"}, **args)
+    assert "after 10 recorded episodes" in capsys.readouterr().err
+    assert resumed.per_episode == full.per_episode  # only chunks 3 and 4 were scored now, and they match
+
+    with pytest.raises(KeyboardInterrupt):  # another identity (other weights, config): nothing is reused
+        evaluate(_StopAfter(experiment.method, 0), data, record=record, identity={"run": "b"}, **args)

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--fresh", action="store_true",
+                   help="score every episode again instead of continuing from the episodes already recorded in "
+                        "<run>/checkpoints/eval/ (an interrupted evaluation resumes by default)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="evaluation overrides, e.g. eval.way=20 eval.shot=5 (for methods without a fixed head)")
     p.set_defaults(func=cmd_eval)
@@ -144,7 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     target = args.target
     ckpt = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
-    result = _evaluate(ckpt, args.episodes, args.split, args.data_root, args.overrides, progress=not args.json)
+    result = _evaluate(ckpt, args.episodes, args.split, args.data_root, args.overrides, progress=not args.json,
+                       fresh=args.fresh)
     if args.json:
         from fewshot.config import apply_overrides
         from fewshot.engine.checkpoint import load_checkpoint
@@ -180,7 +184,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: str | None, overrides: list[str],
-              progress: bool = False):
+              progress: bool = False, fresh: bool = False):
+    """Score a checkpoint; per-episode scores are recorded beside it, so an interrupted evaluation resumes."""
+    import hashlib
+
+    import torch
+
+    from fewshot import __version__
     from fewshot.config import RunConfig, apply_overrides
     from fewshot.engine.checkpoint import load_checkpoint
     from fewshot.engine.experiment import build_experiment
@@ -188,15 +198,24 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
     ckpt = load_checkpoint(ckpt_path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
     if config.train.threads:  # the run's thread count (or train.threads=N) also governs its evaluation
-        import torch
-
         torch.set_num_threads(config.train.threads)
     experiment = build_experiment(config, root)
     try:
         experiment.method.load_state_dict(ckpt.weights)
     except RuntimeError as exc:
         raise FewShotError(f"{ckpt_path} does not fit the model its config describes: {exc}") from exc
-    return experiment.test(episodes, split, progress=progress)
+    e, settings = config.eval, config.to_dict()
+    record = (Path(ckpt_path).parent / "eval" /
+              f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}.json")
+    if fresh:
+        record.unlink(missing_ok=True)
+    digest = hashlib.sha256()  # of the weights, not the file: re-saving a checkpoint rewrites its metadata
+    for name in sorted(ckpt.weights):
+        digest.update(name.encode())
+        digest.update(ckpt.weights[name].detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    identity = {"fewshot": __version__, "weights_sha256": digest.hexdigest(),
+                "config": {k: settings[k] for k in ("kind", "data", "model", "method")}}
+    return experiment.test(episodes, split, progress=progress, record=record, identity=identity)
 
 
 if __name__ == "__main__":

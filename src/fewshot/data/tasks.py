@@ -123,16 +123,17 @@ class TaskSampler:
 
 
 def fixed_episodes(
-    dataset: ClassDataset, way: int, shot: int, query: int, episodes: int = 600, seed: int = 0, chunk: int = 50
+    dataset: ClassDataset, way: int, shot: int, query: int, episodes: int = 600, seed: int = 0, chunk: int = 50,
+    start: int = 0,
 ) -> Iterator[Episode]:
-    """The fixed, seeded set of ``episodes`` test tasks, yielded ``chunk`` tasks at a time.
+    """The fixed, seeded test tasks ``start .. episodes - 1``, yielded ``chunk`` tasks at a time.
 
-    Chunking does not change which tasks come out: task ``i`` is always the same for a given seed.
+    Chunking and ``start`` do not change which tasks come out: task ``i`` is always the same for a given seed.
     """
     sampler = TaskSampler(dataset, way, shot, query, seed=seed)
-    for start in range(0, episodes, chunk):
-        size = min(chunk, episodes - start)
-        tasks = [sampler.sample(1, iteration=start + i) for i in range(size)]
+    for first in range(start, episodes, chunk):
+        size = min(chunk, episodes - first)
+        tasks = [sampler.sample(1, iteration=first + i) for i in range(size)]
         yield _stack(tasks)
 
 

@@ -15,6 +15,7 @@ validation off so the last weights are scored.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -106,8 +107,10 @@ class DomainExperiment:
         """Source accuracy (no target labels are used to pick checkpoints)."""
         return self.accuracy("source")
 
-    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False) -> EvalResult:
-        """Accuracy on the target test half (``split``: ``test``/``target_test``, or ``source``, ``target_train``)."""
+    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
+             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+        """Accuracy on the target test half (``split``: ``test``/``target_test``, or ``source``, ``target_train``);
+        one pass, nothing to record (``record`` is ignored)."""
         split = {None: "target_test", "test": "target_test", "val": "target_train", "train": "source"}.get(split,
                                                                                                          split)
         return self.accuracy(split)

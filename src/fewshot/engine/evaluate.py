@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,22 +48,52 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 def evaluate(
     method: Method, dataset: ClassDataset, way: int, shot: int, query: int = 15, episodes: int = 600, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, record: Path | None = None, identity: dict[str, Any] | None = None, chunk: int = 50,
 ) -> EvalResult:
-    """Score ``method`` on ``episodes`` fixed test tasks (the same tasks for every method with the same seed)."""
+    """Score ``method`` on ``episodes`` fixed test tasks (the same tasks for every method with the same seed).
+
+    With ``record``, each finished chunk's per-episode scores are saved there (atomically), and a later call with
+    the same ``identity`` (whatever fixes the scores: checkpoint, config, split) starts after the episodes already
+    scored, so a killed evaluation loses at most one chunk. A record with another identity is started afresh.
+    """
+    identity = {**(identity or {}), "way": way, "shot": shot, "query": query, "seed": seed}
+    scores = _recorded_scores(record, identity)[:episodes]
+    done = len(scores)
+    if done:
+        print(f"continuing the evaluation after {done} recorded episodes ({record})", file=sys.stderr)
     was_training = method.training
     method.eval()
-    scores: list[float] = []
-    chunks = fixed_episodes(dataset, way, shot, query, episodes, seed)
+    chunks = fixed_episodes(dataset, way, shot, query, episodes, seed, chunk=chunk, start=done)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, total=math.ceil(episodes / 50), desc="eval", unit="chunk", leave=False)
+        chunks = tqdm(chunks, total=math.ceil((episodes - done) / chunk), desc="eval", unit="chunk", leave=False)
     try:
         for episode in chunks:
             logits = method.predict(episode)
             scores += (logits.argmax(-1) == episode.query_y).float().mean(-1).tolist()
+            if record is not None:
+                _write_record(record, identity, scores)
     finally:
         method.train(was_training)
     mean, ci = mean_ci95(scores)
     return EvalResult(mean, ci, len(scores), way, shot, query, scores)
+
+
+def _recorded_scores(record: Path | None, identity: dict[str, Any]) -> list[float]:
+    if record is None or not record.is_file():
+        return []
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    if saved.get("identity") != identity:
+        return []
+    return [float(s) for s in saved.get("scores", [])]
+
+
+def _write_record(record: Path, identity: dict[str, Any], scores: list[float]) -> None:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"identity": identity, "episodes_done": len(scores), "scores": scores}) + "\n")
+    os.replace(tmp, record)

@@ -6,6 +6,7 @@ small interface, so one training loop, one checkpoint format and one CLI serve t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -29,8 +30,10 @@ class Experiment(Protocol):
     def validate(self, episodes: int) -> EvalResult:
         """Score on the validation split (fixed episodes)."""
 
-    def test(self, episodes: int | None = None, split: str | None = None) -> EvalResult:
-        """Score on the test split (the published protocol)."""
+    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
+             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+        """Score on the test split (the published protocol); episodic protocols keep per-episode progress in
+        ``record`` (see :func:`fewshot.engine.evaluate.evaluate`)."""
 
 
 def build_experiment(config: RunConfig, root: str | None = None) -> Experiment:
@@ -80,7 +83,9 @@ class EpisodicExperiment:
         e = self.config.eval
         return evaluate(self.method, self.dataset("val"), e.way, e.shot, e.query, episodes, seed=e.seed + 1)
 
-    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False) -> EvalResult:
+    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
+             record: Path | None = None, identity: dict | None = None) -> EvalResult:
         e = self.config.eval
-        return evaluate(self.method, self.dataset(split or e.split), e.way, e.shot, e.query,
-                        episodes or e.episodes, seed=e.seed, progress=progress)
+        split = split or e.split
+        return evaluate(self.method, self.dataset(split), e.way, e.shot, e.query, episodes or e.episodes, seed=e.seed,
+                        progress=progress, record=record, identity={**(identity or {}), "split": split})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,9 +43,10 @@ class TextEpisodicExperiment(EpisodicExperiment):
         self._names("val")
         return super().validate(episodes)
 
-    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False) -> EvalResult:
+    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
+             record: Path | None = None, identity: dict | None = None) -> EvalResult:
         self._names(split or self.config.eval.split)
-        return super().test(episodes, split, progress)
+        return super().test(episodes, split, progress, record, identity)
 
 
 class AllClassesExperiment:
@@ -111,5 +113,7 @@ class AllClassesExperiment:
     def validate(self, episodes: int) -> EvalResult:
         return self._score("val", 1)
 
-    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False) -> EvalResult:
+    def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
+             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+        """All-classes scoring: one pass over the test set, nothing to record (``record`` is ignored)."""
         return self._score(split or self.config.eval.split, episodes or self.config.eval.episodes, progress)
