@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.peers import VARIANTS, Case, versions  # noqa: E402
+from bench.peers import Case, make_step, versions  # noqa: E402
 from fewshot.data.tasks import Episode  # noqa: E402
 
 
@@ -49,11 +49,13 @@ class Setting:
     baseline: str = "learn2learn"
 
 
-SECOND_ORDER = ("ours", "ours-reference", "learn2learn", "higher", "torchopt")
+SECOND_ORDER = ("ours", "ours:4", "ours:2", "ours-reference", "learn2learn", "higher", "torchopt")
+"""``ours`` is the default fast path (8 tasks batched); ``ours:4`` and ``ours:2`` batch fewer tasks, for less memory."""
 CASES: dict[str, Setting] = {
     "5w1s-maml-1": Setting(5, 1, 5, 32, Case("maml", 1), SECOND_ORDER),
     "5w1s-maml-5": Setting(5, 1, 5, 32, Case("maml", 5), SECOND_ORDER),
-    "5w1s-fomaml-1": Setting(5, 1, 5, 32, Case("fomaml", 1), ("ours", "ours-reference", "learn2learn")),
+    "5w1s-fomaml-1": Setting(5, 1, 5, 32, Case("fomaml", 1),
+                             ("ours", "ours:4", "ours:2", "ours-reference", "learn2learn")),
     "5w1s-reptile-5": Setting(5, 1, 5, 32, Case("reptile", 5, inner_lr=1e-3, outer_lr=1.0),
                               ("ours", "ours-reference", "plain-reptile"), baseline="plain-reptile"),
     "20w1s-maml-5": Setting(20, 1, 5, 16, Case("maml", 5), SECOND_ORDER),
@@ -105,7 +107,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.manual_seed(0)
     model = Conv4(setting.way)
-    step = VARIANTS[args.variant](model, setting.case)
+    step = make_step(args.variant, model, setting.case)
     torch.manual_seed(1)
     start_rss = rss_mib()
     losses = [step(episodes[i % len(episodes)]) for i in range(args.warmup)]

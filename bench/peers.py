@@ -8,6 +8,7 @@ the same weights as ours. Nothing of theirs is copied here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import importlib.util
 import sys
@@ -222,6 +223,16 @@ VARIANTS: dict[str, Callable[[Conv4, Case], Step]] = {
     "torchopt": torchopt_maml,
     "plain-reptile": plain_reptile,
 }
+
+
+def make_step(variant: str, model: Conv4, case: Case) -> Step:
+    """The step of ``variant``; ``ours:N`` is our fast path with ``task_chunk`` N (tasks batched at a time)."""
+    name, _, chunk = variant.partition(":")
+    if chunk:
+        if name != "ours" or not chunk.isdigit():
+            raise ValueError(f"unknown variant {variant!r}: only ours:N takes a task chunk")
+        return ours(model, dataclasses.replace(case, task_chunk=int(chunk)))
+    return VARIANTS[variant](model, case)
 
 
 def versions() -> dict[str, str]:

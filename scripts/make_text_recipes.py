@@ -10,7 +10,8 @@ Episodic 5-way 1/5-shot over the held-out intents of each data set (fixed test e
   initialisation, without meta-learning (one no-op iteration);
 * ``prompt_smollm2`` — SmolLM2-135M, soft prompt tuned on the verbalizer's label-word scores (random init).
 
-All classes, 10 examples each (``10s_all_*``): ``text_all_classes`` kind, official test set, 5 K-shot draws.
+All classes, 10 examples each (``10s_all_*``): ``text_all_classes`` kind, official test set, 5 K-shot draws;
+frozen features (logistic regression, NCM) and fine-tuning all of MiniLM.
 Run once after editing.
 """
 
@@ -23,6 +24,9 @@ import yaml
 OUT = Path(__file__).resolve().parents[1] / "src" / "fewshot" / "recipes"
 DATASETS = ("clinc150", "banking77", "hwu64")
 SHOTS = (1, 5)
+CLASSES = {"clinc150": 150, "banking77": 77, "hwu64": 64}
+FINETUNE_EPOCHS, FINETUNE_BATCH, FINETUNE_LR = 5, 32, 5e-5
+"""All-classes fine-tuning: epochs over the 10-shot training set, mini-batch size, encoder learning rate."""
 PROMPT = {"length": 4, "head": "class_mean", "scale": 10.0, "steps": 10, "lr": 0.01, "head_lr": 0.01}
 
 
@@ -94,6 +98,20 @@ def all_classes(data: str) -> list[dict]:
             "train": {"iterations": 0, "val_every": 1, "val_episodes": 0, "checkpoint_every": 1, "threads": 1},
             "eval": {"episodes": 5, "seed": 0},
         })
+    steps = -(-FINETUNE_EPOCHS * 10 * CLASSES[data] // FINETUNE_BATCH)
+    out.append({
+        "name": f"{data}_10s_all_finetune_minilm",
+        "description": f"{nice}, 10 examples of every intent, official test set; fine-tune all of all-MiniLM-L6-v2 + "
+                       f"new head ({FINETUNE_EPOCHS} epochs, batches of {FINETUNE_BATCH})",
+        "kind": "text_all_classes",
+        "data": {"name": data, "options": {"setting": "all_classes", "shot": 10, "sample_seed": 0}},
+        "model": MINILM,
+        "method": {"name": "finetune", "options": {
+            "top_k": -1, "steps": steps, "batch_size": FINETUNE_BATCH, "lr": FINETUNE_LR, "head_lr": 0.01,
+            "optimizer": "adam", "weight_decay": 0.0}},
+        "train": {"iterations": 0, "val_every": 1, "val_episodes": 0, "checkpoint_every": 1, "threads": 1},
+        "eval": {"episodes": 5, "seed": 0},
+    })
     return out
 
 

@@ -221,3 +221,20 @@ def test_interrupted_evaluation_resumes_where_it_stopped(tmp_path, data_root, ca
 
     with pytest.raises(KeyboardInterrupt):  # another identity (other weights, config): nothing is reused
         evaluate(_StopAfter(experiment.method, 0), data, record=record, identity={"run": "b"}, **args)
+
+
+def test_bf16_precision_is_opt_in_and_trains(tmp_path, data_root):
+    with pytest.raises(FewShotError, match="train.precision"):
+        load_config("omniglot_5w1s_protonet", ["train.precision=fp16"])
+    tiny_proto = ["model.hidden=16", "train.way=5", "train.iterations=3", "train.val_episodes=0", "eval.episodes=5",
+                  "train.threads=1", "data.options.rotations=false"]
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        config = load_config("omniglot_5w1s_protonet", [*tiny_proto, f"train.precision={precision}"])
+        train(build_experiment(config, data_root), tmp_path / precision, progress=False)
+        weights[precision] = load_checkpoint(tmp_path / precision / "checkpoints" / "last.safetensors").weights
+    first = "model.convs.1.weight"
+    assert weights["bf16"][first].dtype == torch.float32  # the weights stay fp32
+    assert torch.isfinite(weights["bf16"][first]).all()
+    difference = (weights["bf16"][first] - weights["fp32"][first]).abs().max()
+    assert 0 < difference < 1e-2  # bf16 arithmetic changed the steps, but only slightly

@@ -121,7 +121,8 @@ def train(
                 group["lr"] = lr
             batch = experiment.batch(it)
             optimizer.zero_grad(set_to_none=True)
-            metrics = method.meta_gradient(batch)
+            with torch.autocast(_device_type(params), dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                metrics = method.meta_gradient(batch)
             _check_finite(metrics, params, it, ckpt_dir / LAST)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -173,6 +174,10 @@ def train(
     if best_it < 0:  # no validation ran: the last weights are the ones to use
         save(ckpt_dir / BEST, end)
     return TrainResult(run_dir, end, best, best_it, wall_before + time.perf_counter() - began)
+
+
+def _device_type(params: list[torch.nn.Parameter]) -> str:
+    return params[0].device.type if params else "cpu"
 
 
 def _check_finite(metrics: dict[str, float], params: list[torch.nn.Parameter], iteration: int, last: Path) -> None:
