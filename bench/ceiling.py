@@ -16,7 +16,7 @@ Then, with the same thread count, two reference rates:
 With ``--speed`` (a ``bench/maml_speed.py`` JSON) it turns each implementation's it/s into GFLOP/s and fractions of
 those rates, and says what rate ``--target``x learn2learn would need.
 
-    python bench/ceiling.py --threads 2 --speed bench/out/idle/maml_speed.json --out bench/out/ceiling.json
+    python bench/ceiling.py --threads 2 --speed bench/out/full/maml_speed.json --out bench/out/full/ceiling.json
 """
 
 from __future__ import annotations

@@ -37,14 +37,20 @@ def test_train_eval_resume(tmp_path, data_root, capsys):
     assert main(["train", str(run), "--resume", "train.iterations=4", *args[2:]]) == 0  # overrides after options
     out = capsys.readouterr().out
     assert "test accuracy (omniglot_5w1s_fomaml):" in out and "(8 episodes)" in out
-    assert main(["eval", str(run), "--episodes", "8", "--json", "--data-root", str(data_root)]) == 0
+    assert (run / "checkpoints" / "eval" / "best_test_5w1s15q_seed0.json").is_file()  # the test's record
+    assert main(["eval", str(run), "--episodes", "8", "--json", "--fresh", "--data-root", str(data_root)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert {"accuracy", "ci95", "episodes", "way", "shot", "method"} <= result.keys()
     assert result["episodes"] == 8 and result["way"] == 5 and result["method"] == "maml"
     saved = json.loads((run / "test.json").read_text())
     assert saved["accuracy"] == pytest.approx(result["accuracy"])  # eval reproduces the training run's figure
     assert main(["eval", str(run), "--episodes", "8", "--data-root", str(data_root)]) == 0
-    assert "% ± " in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "% ± " in out and "after 8 recorded episodes" in err  # nothing left to score: the record answers
+    loose = tmp_path / "loose.safetensors"
+    loose.write_bytes((run / "checkpoints" / "best.safetensors").read_bytes())
+    assert main(["eval", str(loose), "--episodes", "8", "--data-root", str(data_root)]) == 0
+    assert "recorded" not in capsys.readouterr().err and not (tmp_path / "eval").exists()
 
 
 def test_errors_are_one_line(tmp_path, data_root, capsys):

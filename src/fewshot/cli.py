@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--fresh", action="store_true",
                    help="score every episode again instead of continuing from the episodes already recorded in "
-                        "<run>/checkpoints/eval/ (an interrupted evaluation resumes by default)")
+                        "<run>/checkpoints/eval/ (an interrupted evaluation of a run folder resumes by default)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="evaluation overrides, e.g. eval.way=20 eval.shot=5 (for methods without a fixed head)")
     p.set_defaults(func=cmd_eval)
@@ -185,7 +185,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: str | None, overrides: list[str],
               progress: bool = False, fresh: bool = False):
-    """Score a checkpoint; per-episode scores are recorded beside it, so an interrupted evaluation resumes."""
+    """Score a checkpoint; for a run folder's checkpoint, per-episode scores are recorded in the run's
+    ``checkpoints/eval/``, so an interrupted evaluation resumes."""
     import hashlib
 
     import torch
@@ -205,8 +206,11 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
     except RuntimeError as exc:
         raise FewShotError(f"{ckpt_path} does not fit the model its config describes: {exc}") from exc
     e, settings = config.eval, config.to_dict()
-    record = (Path(ckpt_path).parent / "eval" /
-              f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}.json")
+    folder = Path(ckpt_path).parent
+    if folder.name != "checkpoints" or not (folder.parent / "config.yaml").is_file():
+        return experiment.test(episodes, split, progress=progress)  # a loose checkpoint file: nothing recorded
+    name = f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}.json"
+    record = folder / "eval" / name
     if fresh:
         record.unlink(missing_ok=True)
     digest = hashlib.sha256()  # of the weights, not the file: re-saving a checkpoint rewrites its metadata
