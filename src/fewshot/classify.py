@@ -53,6 +53,7 @@ def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
     if needs_head and config.method.name in ("maml", "reptile") and way != config.eval.way:
         raise FewShotError(f"this {config.method.name} model has a {config.eval.way}-way output layer, but the "
                            f"support set has {way} classes")
+    config.train.use_threads()
     return method.eval(), config
 
 

@@ -198,8 +198,7 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
 
     ckpt = load_checkpoint(ckpt_path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
-    if config.train.threads:  # the run's thread count (or train.threads=N) also governs its evaluation
-        torch.set_num_threads(config.train.threads)
+    config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
     experiment = build_experiment(config, root)
     try:
         experiment.method.load_state_dict(ckpt.weights)

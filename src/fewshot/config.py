@@ -66,6 +66,13 @@ class TrainConfig:
     """``bf16``: run each training step under bfloat16 autocast (opt-in; weights, optimizer and evaluation stay
     fp32). Faster where the CPU has bf16 instructions (AVX512-BF16, AMX) or on a GPU; check accuracy against fp32."""
 
+    def use_threads(self) -> None:
+        """Apply ``threads`` to torch (training, evaluation and ``fewshot classify`` all follow the run's setting)."""
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise FewShotError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")

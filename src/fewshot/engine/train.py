@@ -70,8 +70,7 @@ def train(
         raise FewShotError(f"the time limit must be > 0 seconds, got {time_limit}")
     config: RunConfig = experiment.config
     cfg = config.train
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg.use_threads()
     method = experiment.method
     params = method.meta_parameters()
     optimizer = make_optimizer(params, cfg)
