@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from fewshot.config import RunConfig, apply_overrides, load_config, load_raw
+from fewshot import registry
+from fewshot.config import RunConfig, apply_overrides, component_options, load_config, load_raw
 from fewshot.engine import checkpoint as ckpt_mod
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import build_experiment
@@ -145,6 +146,10 @@ def test_overrides_are_validated():
         RunConfig.from_dict(apply_overrides(raw, ["method.inner_stepz=5"]))
     with pytest.raises(FewShotError, match="train.meta_batch must be an integer"):
         RunConfig.from_dict(apply_overrides(raw, ["train.meta_batch=lots"]))
+    words = RunConfig.from_dict(apply_overrides(load_raw("hwu64_5w1s_features_minilm"), ["method.cache=off"]))
+    assert words.method.options["cache"] == "off"  # not YAML 1.1's False
+    switched = RunConfig.from_dict(apply_overrides(raw, ["method.first_order=on"]))
+    assert component_options(switched.method, registry.METHODS, "method").first_order is True
     with pytest.raises(FewShotError, match="method.first_order must be true or false"):
         RunConfig.from_dict(apply_overrides(raw, ["method.first_order=maybe"]))
     with pytest.raises(FewShotError, match="unknown override key 'nonsense'"):

@@ -178,8 +178,8 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
         raise FewShotError(f"{path} must be true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -231,7 +231,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
     Keys are dotted paths (``train.meta_batch=16``, ``method.inner_steps=5`` — component options may skip
     ``.options``). A bare key that names exactly one leaf (``meta_batch=16``) is accepted too.
-    Values are parsed as YAML (``5``, ``0.4``, ``true``, ``[1, 2]``).
+    Values are parsed as YAML (``5``, ``0.4``, ``true``, ``[1, 2]``); only ``true``/``false`` are booleans, so
+    ``off``, ``on``, ``yes`` and ``no`` stay words.
     """
     raw = _deep_copy(raw)
     for item in overrides:
@@ -239,6 +240,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise FewShotError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         value = yaml.safe_load(text) if text else ""
+        if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+            value = text.strip()  # YAML 1.1 reads off/on/yes/no as booleans; keep them as words (method.cache=off)
         path = _resolve_key(raw, key.strip())
         node = raw
         for part in path[:-1]:
