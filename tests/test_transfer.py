@@ -199,3 +199,26 @@ def test_conv4_top_k_finetune_freezes_the_bottom_blocks(omniglot_test):
     assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith(top))
     assert all(not torch.equal(after[k], before[k]) for k in ("convs.3.weight", "norms.3.weight"))
     assert adapted.staged and adapted(episode.query_x[0]).shape == (10, 5)
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_prototype_head_starts_as_nearest_class_mean(omniglot_test, top_k):
+    from fewshot.models.conv4 import Conv4
+
+    torch.manual_seed(0)
+    conv4 = Conv4(out_features=None, running_stats=True).eval()
+    episode = TaskSampler(omniglot_test, 5, 1, 15, seed=3).sample(1)
+    sx, sy, qx = episode.support_x[0], episode.support_y[0], episode.query_x[0]
+    with torch.no_grad():
+        support, query = conv4(sx), conv4(qx)
+    nearest = torch.cdist(query, support).argmin(1)  # 1-shot: the support examples are the class means
+    untrained = FineTune(conv4, FineTuneConfig(top_k=top_k, steps=0, head_init="prototypes")).adapt(sx, sy, 5)
+    with torch.no_grad():
+        logits = untrained(qx)
+    assert torch.equal(logits.argmax(1), sy[nearest])
+    assert not torch.equal(logits.argmax(1), logits.new_zeros(75, dtype=torch.long))  # not degenerate
+    randomly = FineTune(conv4, FineTuneConfig(top_k=top_k, steps=0)).adapt(sx, sy, 5)
+    with torch.no_grad():
+        assert not torch.equal(randomly(qx).argmax(1), sy[nearest])  # a random head is not that classifier
+    with pytest.raises(FewShotError, match="classes \\[4\\] have none"):
+        FineTune(conv4, FineTuneConfig(top_k=top_k, steps=0, head_init="prototypes")).adapt(sx[:4], sy[:4], 5)

@@ -27,6 +27,7 @@ from fewshot.errors import FewShotError
 from fewshot.methods.features import TransferMethod, batch_len, embed, take
 
 OPTIMIZERS = ("sgd", "adam")
+HEAD_INITS = ("random", "prototypes")
 
 
 @dataclass
@@ -46,8 +47,14 @@ class FineTuneConfig:
     """Keep batch norm in eval mode (stored statistics) while fine-tuning; its affine weights still train."""
     seed: int = 0
     """Seeds the minibatch order and the head initialisation."""
+    head_init: str = "random"
+    """``random`` (uniform, as ``nn.Linear``) or ``prototypes``: the head starts as the nearest-class-mean classifier
+    on the support features (row k = 2·mean_k, bias −‖mean_k‖², i.e. squared Euclidean distance, as Proto-MAML's
+    output layer), so fine-tuning starts where a prototypical classifier ends."""
 
     def __post_init__(self) -> None:
+        if self.head_init not in HEAD_INITS:
+            raise FewShotError(f"method.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
         if self.top_k < -1:
             raise FewShotError(f"method.top_k must be -1 (all layers), 0 (head only) or a block count, "
                                f"got {self.top_k}")
@@ -124,6 +131,10 @@ class FineTune(TransferMethod):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, head)
         h = adapted.bottom(support_x)
+        if cfg.head_init == "prototypes":
+            with torch.no_grad():
+                feats = model.forward_blocks(h, start) if staged else model(h)
+            prototype_head(head, feats, support_y, way)
         for step in range(cfg.steps):
             idx = self._minibatch(n, step, g)
             logits = adapted.top(take(h, idx) if idx is not None else h)
@@ -161,6 +172,8 @@ class FineTune(TransferMethod):
     def _train_head_only(self, feats: torch.Tensor, labels: torch.Tensor, way: int,
                          g: torch.Generator) -> nn.Linear:
         head = self._new_head(way, g)
+        if self.config.head_init == "prototypes":
+            prototype_head(head, feats, labels, way)
         optimizer = self._optimizer([], head)
         for step in range(self.config.steps):
             idx = self._minibatch(feats.shape[0], step, g)
@@ -170,3 +183,16 @@ class FineTune(TransferMethod):
             loss.backward()
             optimizer.step()
         return head
+
+
+def prototype_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, way: int) -> None:
+    """Set ``head`` to the nearest-class-mean classifier: logits = −‖f − mean_k‖² + ‖f‖² (the last term is the same
+    for every class, so the arg-max is the nearest mean)."""
+    missing = sorted(set(range(way)) - set(labels.tolist()))
+    if missing:
+        raise FewShotError(f"head_init=prototypes needs an example of every class; classes {missing} have none")
+    means = torch.stack([feats[labels == k].mean(0) for k in range(way)]).to(head.weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(2 * means)
+        head.bias.copy_(-(means**2).sum(1))
+
