@@ -26,7 +26,9 @@ DATASETS = ("clinc150", "banking77", "hwu64")
 SHOTS = (1, 5)
 CLASSES = {"clinc150": 150, "banking77": 77, "hwu64": 64}
 FINETUNE_EPOCHS, FINETUNE_BATCH, FINETUNE_LR = 5, 32, 5e-5
-"""All-classes fine-tuning: epochs over the 10-shot training set, mini-batch size, encoder learning rate."""
+"""All-classes fine-tuning: epochs over the 10-shot training set, mini-batch size, encoder learning rate. Chosen on
+BANKING77's validation utterances (draw 0): lr 5e-5 83.44%, 2e-5 83.05%, and 84.68% with the head started at the
+class means (``head_init: prototypes``), against 82.92% for frozen features + logistic regression."""
 PROMPT = {"length": 4, "head": "class_mean", "scale": 10.0, "steps": 10, "lr": 0.01, "head_lr": 0.01}
 
 
@@ -102,13 +104,13 @@ def all_classes(data: str) -> list[dict]:
     out.append({
         "name": f"{data}_10s_all_finetune_minilm",
         "description": f"{nice}, 10 examples of every intent, official test set; fine-tune all of all-MiniLM-L6-v2 + "
-                       f"new head ({FINETUNE_EPOCHS} epochs, batches of {FINETUNE_BATCH})",
+                       f"a head started at the class means ({FINETUNE_EPOCHS} epochs, batches of {FINETUNE_BATCH})",
         "kind": "text_all_classes",
         "data": {"name": data, "options": {"setting": "all_classes", "shot": 10, "sample_seed": 0}},
         "model": MINILM,
         "method": {"name": "finetune", "options": {
             "top_k": -1, "steps": steps, "batch_size": FINETUNE_BATCH, "lr": FINETUNE_LR, "head_lr": 0.01,
-            "optimizer": "adam", "weight_decay": 0.0}},
+            "optimizer": "adam", "weight_decay": 0.0, "head_init": "prototypes"}},
         "train": {"iterations": 0, "val_every": 1, "val_episodes": 0, "checkpoint_every": 1, "threads": 1},
         "eval": {"episodes": 5, "seed": 0},
     })
