@@ -144,7 +144,8 @@ def summarise(results: list[dict], cases: list[str]) -> list[dict]:
     for case in cases:
         setting = CASES[case]
         base = None
-        for variant in setting.variants:
+        ran = dict.fromkeys(r["variant"] for r in results if r["case"] == case)
+        for variant in [v for v in setting.variants if v in ran] + [v for v in ran if v not in setting.variants]:
             runs = [r for r in results if r["case"] == case and r["variant"] == variant and "error" not in r]
             if not runs:
                 rows.append({"case": case, "variant": variant, "runs": 0})
@@ -205,7 +206,8 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--variants", default="", help="comma-separated subset of implementations (default all)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated implementations (default: the case's list); also ours-bf16, ours:N")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -228,12 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    only = {v for v in args.variants.split(",") if v}
+    only = [v for v in args.variants.split(",") if v]  # may name variants outside a case's list (ours-bf16)
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = []
     for case in cases:
         tasks = task_file(args.out, CASES[case], args.warmup + args.iters, args.data_root)
-        jobs += [(case, v, tasks) for v in CASES[case].variants if not only or v in only]
+        jobs += [(case, v, tasks) for v in (only or CASES[case].variants)]
     meta = {"machine": machine(), "versions": versions(), "threads": args.threads, "preload": args.preload,
             "repeats": args.repeats, "iters": args.iters, "warmup": args.warmup, "load_start": os.getloadavg()[0],
             "command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

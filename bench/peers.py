@@ -81,8 +81,9 @@ def _images(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x
 
 
-def ours(model: Conv4, case: Case, reference: bool = False) -> Step:
-    """fewshot's MAML / FOMAML / Reptile: the fast path, or the plain per-task reference."""
+def ours(model: Conv4, case: Case, reference: bool = False, bf16: bool = False) -> Step:
+    """fewshot's MAML / FOMAML / Reptile: the fast path, or the plain per-task reference; ``bf16`` runs the step
+    under bfloat16 autocast, as ``train.precision=bf16`` does."""
     if case.algorithm == "reptile":
         method = Reptile(model, ReptileConfig(inner_steps=case.inner_steps, inner_lr=case.inner_lr, inner_batch=10,
                                               reference=reference))
@@ -95,7 +96,8 @@ def ours(model: Conv4, case: Case, reference: bool = False) -> Step:
 
     def step(episode: Episode) -> float:
         optimizer.zero_grad(set_to_none=True)
-        metrics = method.meta_gradient(episode)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            metrics = method.meta_gradient(episode)
         optimizer.step()
         return metrics["loss"]
 
@@ -218,6 +220,7 @@ def plain_reptile(model: Conv4, case: Case) -> Step:
 VARIANTS: dict[str, Callable[[Conv4, Case], Step]] = {
     "ours": ours,
     "ours-reference": lambda model, case: ours(model, case, reference=True),
+    "ours-bf16": lambda model, case: ours(model, case, bf16=True),
     "learn2learn": learn2learn,
     "higher": higher_maml,
     "torchopt": torchopt_maml,
