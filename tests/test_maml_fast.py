@@ -187,4 +187,6 @@ def test_fast_and_reference_give_the_same_training_run(tmp_path, data_root):
     for name, value in weights["reference"].items():
         if name.startswith("model.convs.") and name.endswith(".bias"):
             continue  # batch norm cancels these: their gradient is rounding noise, which Adam scales up to lr
-        torch.testing.assert_close(weights["fast"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+        # atol: a fifth of one Adam step (lr 1e-3), so that a near-zero gradient entry whose rounding differs
+        # between the paths on another CPU cannot fail the test, while a wrong meta-gradient (many steps apart) does
+        torch.testing.assert_close(weights["fast"][name], value, rtol=1e-3, atol=2e-4, msg=name)
