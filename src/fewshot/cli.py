@@ -189,12 +189,11 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
     ``checkpoints/eval/``, so an interrupted evaluation resumes."""
     import hashlib
 
-    import torch
-
     from fewshot import __version__
     from fewshot.config import RunConfig, apply_overrides
     from fewshot.engine.checkpoint import load_checkpoint
     from fewshot.engine.experiment import build_experiment
+    from fewshot.methods.features import hash_tensors
 
     ckpt = load_checkpoint(ckpt_path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
@@ -204,18 +203,16 @@ def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: st
         experiment.method.load_state_dict(ckpt.weights)
     except RuntimeError as exc:
         raise FewShotError(f"{ckpt_path} does not fit the model its config describes: {exc}") from exc
-    e, settings = config.eval, config.to_dict()
     folder = Path(ckpt_path).parent
     if folder.name != "checkpoints" or not (folder.parent / "config.yaml").is_file():
         return experiment.test(episodes, split, progress=progress)  # a loose checkpoint file: nothing recorded
-    name = f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}.json"
-    record = folder / "eval" / name
+    e, settings = config.eval, config.to_dict()
+    stem = f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}"
+    record = folder / "eval" / f"{stem}.json"
     if fresh:
         record.unlink(missing_ok=True)
     digest = hashlib.sha256()  # of the weights, not the file: re-saving a checkpoint rewrites its metadata
-    for name in sorted(ckpt.weights):
-        digest.update(name.encode())
-        digest.update(ckpt.weights[name].detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_tensors(digest, {name: ckpt.weights[name] for name in sorted(ckpt.weights)})
     identity = {"fewshot": __version__, "weights_sha256": digest.hexdigest(),
                 "config": {k: settings[k] for k in ("kind", "data", "model", "method")}}
     return experiment.test(episodes, split, progress=progress, record=record, identity=identity)

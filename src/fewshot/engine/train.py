@@ -112,6 +112,7 @@ def train(
         save_checkpoint(path, Checkpoint(method.state_dict(), iteration, config.to_dict(), optimizer.state_dict(),
                                          torch.get_rng_state(), extra))
 
+    device_type = params[0].device.type if params else "cpu"  # for bf16 autocast
     method.train()
     try:
         for it in range(start, end):
@@ -120,7 +121,7 @@ def train(
                 group["lr"] = lr
             batch = experiment.batch(it)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(_device_type(params), dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 metrics = method.meta_gradient(batch)
             _check_finite(metrics, params, it, ckpt_dir / LAST)
             if cfg.grad_clip > 0:
@@ -173,10 +174,6 @@ def train(
     if best_it < 0:  # no validation ran: the last weights are the ones to use
         save(ckpt_dir / BEST, end)
     return TrainResult(run_dir, end, best, best_it, wall_before + time.perf_counter() - began)
-
-
-def _device_type(params: list[torch.nn.Parameter]) -> str:
-    return params[0].device.type if params else "cpu"
 
 
 def _check_finite(metrics: dict[str, float], params: list[torch.nn.Parameter], iteration: int, last: Path) -> None:

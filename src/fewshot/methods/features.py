@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,10 +92,15 @@ def fingerprint(module: nn.Module) -> str:
         return str(own())
     digest = hashlib.blake2b(digest_size=12)
     digest.update(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_tensors(digest, module.state_dict())
     return digest.hexdigest()
+
+
+def hash_tensors(digest: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Feed each tensor's name and raw bytes, in the mapping's order, to a ``hashlib`` object (any dtype)."""
+    for name, tensor in tensors.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 class EmbeddingCache:

@@ -25,6 +25,7 @@ from torch import nn
 
 from fewshot.errors import FewShotError
 from fewshot.methods.features import TransferMethod, batch_len, embed, take
+from fewshot.methods.protonet import prototypes
 
 OPTIMIZERS = ("sgd", "adam")
 HEAD_INITS = ("random", "prototypes")
@@ -78,8 +79,12 @@ class Adapted(nn.Module):
         with torch.no_grad():
             return self.model.forward_blocks(x, 0, self.start) if self.staged else x
 
+    def features(self, h: Any) -> torch.Tensor:
+        """The trainable part's features of the frozen part's output ``h`` (what the head sees)."""
+        return self.model.forward_blocks(h, self.start) if self.staged else self.model(h)
+
     def top(self, h: Any) -> torch.Tensor:
-        return self.head(self.model.forward_blocks(h, self.start) if self.staged else self.model(h))
+        return self.head(self.features(h))
 
     def forward(self, x: Any) -> torch.Tensor:
         return self.top(self.bottom(x))
@@ -133,8 +138,7 @@ class FineTune(TransferMethod):
         h = adapted.bottom(support_x)
         if cfg.head_init == "prototypes":
             with torch.no_grad():
-                feats = model.forward_blocks(h, start) if staged else model(h)
-            prototype_head(head, feats, support_y, way)
+                prototype_head(head, adapted.features(h), support_y, way)
         for step in range(cfg.steps):
             idx = self._minibatch(n, step, g)
             logits = adapted.top(take(h, idx) if idx is not None else h)
@@ -191,7 +195,7 @@ def prototype_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, w
     missing = sorted(set(range(way)) - set(labels.tolist()))
     if missing:
         raise FewShotError(f"head_init=prototypes needs an example of every class; classes {missing} have none")
-    means = torch.stack([feats[labels == k].mean(0) for k in range(way)]).to(head.weight.dtype)
+    means = prototypes(feats, labels, way).to(head.weight.dtype)
     with torch.no_grad():
         head.weight.copy_(2 * means)
         head.bias.copy_(-(means**2).sum(1))
