@@ -17,7 +17,7 @@ from fewshot.config import RunConfig, load_config
 from fewshot.engine.checkpoint import load_checkpoint
 from fewshot.engine.experiment import build_method
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method
+from fewshot.methods.base import Method, to_device
 
 TRAINED_KINDS = ("episodic", "supervised", "domain_adaptation")
 
@@ -54,7 +54,7 @@ def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
         raise FewShotError(f"this {config.method.name} model has a {config.eval.way}-way output layer, but the "
                            f"support set has {way} classes")
     config.train.use_threads()
-    return method.eval(), config
+    return method.to(config.train.torch_device()).eval(), config
 
 
 def _image_input(config: RunConfig) -> tuple[int, int]:
@@ -108,9 +108,10 @@ def classify(
         raise FewShotError(f"support {support} must be a folder of class folders (images) or a .csv of text")
     if not labels:
         raise FewShotError("no queries to classify")
-    predictor = method.adapt(support_x, support_y, len(names))
+    device = method.device
+    predictor = method.adapt(to_device(support_x, device), support_y.to(device), len(names))
     with torch.no_grad():
-        probs = torch.softmax(predictor(query_items).float(), dim=-1)
+        probs = torch.softmax(predictor(to_device(query_items, device)).float(), dim=-1).cpu()
     out = []
     for query, p in zip(labels, probs):
         best = int(p.argmax())

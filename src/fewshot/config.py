@@ -11,13 +11,17 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import yaml
 
 from fewshot.errors import FewShotError
 
+if TYPE_CHECKING:
+    import torch
+
 PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "linear", "step", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -65,6 +69,9 @@ class TrainConfig:
     precision: str = "fp32"
     """``bf16``: run each training step under bfloat16 autocast (opt-in; weights, optimizer and evaluation stay
     fp32). Faster where the CPU has bf16 instructions (AVX512-BF16, AMX) or on a GPU; check accuracy against fp32."""
+    device: str = "auto"
+    """Where the method runs: ``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (the GPU when torch sees one). Data
+    sampling, episode order and the evaluation record stay the same on every device."""
 
     def use_threads(self) -> None:
         """Apply ``threads`` to torch (training, evaluation and ``fewshot classify`` all follow the run's setting)."""
@@ -73,7 +80,20 @@ class TrainConfig:
 
             torch.set_num_threads(self.threads)
 
+    def torch_device(self) -> torch.device:
+        """The resolved ``device``; a clear error when a GPU is asked for and torch sees none."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise FewShotError(f"train.device={self.device} but torch sees no GPU (torch {torch.__version__}, "
+                               f"built {'with' if torch.version.cuda else 'without'} CUDA); use train.device=cpu")
+        return torch.device(self.device)
+
     def __post_init__(self) -> None:
+        if self.device.split(":")[0] not in DEVICES or (":" in self.device and not self.device.startswith("cuda:")):
+            raise FewShotError(f"train.device must be one of {DEVICES} (or cuda:N), got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise FewShotError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.iterations < 0:

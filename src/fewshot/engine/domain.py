@@ -94,7 +94,8 @@ class DomainExperiment:
         self.method.eval()
         try:
             with torch.no_grad():
-                correct = torch.cat([self.method.logits(data.images[i : i + 512]).argmax(-1)
+                device = self.method.device
+                correct = torch.cat([self.method.logits(data.images[i : i + 512].to(device)).argmax(-1).cpu()
                                      == data.labels[i : i + 512] for i in range(0, len(data.labels), 512)])
         finally:
             self.method.train(was_training)

@@ -69,9 +69,10 @@ def evaluate(
 
         chunks = tqdm(chunks, total=math.ceil((episodes - done) / chunk), desc="eval", unit="chunk", leave=False)
     try:
+        device = getattr(method, "device", None)  # a Method knows its device; a duck-typed one is left alone
         for episode in chunks:
-            logits = method.predict(episode)
-            scores += (logits.argmax(-1) == episode.query_y).float().mean(-1).tolist()
+            logits = method.predict(episode if device is None else episode.to(device))
+            scores += (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
             if record is not None:
                 _write_record(record, identity, scores)
     finally:

@@ -39,7 +39,10 @@ class Experiment(Protocol):
 def build_experiment(config: RunConfig, root: str | None = None) -> Experiment:
     """The experiment a config describes; weights are initialised from ``config.train.seed``."""
     torch.manual_seed(config.train.seed)
-    return registry.KINDS[config.kind].builder()(config, root)
+    device = config.train.torch_device()  # fails early, before any loading, when the device is not there
+    experiment = registry.KINDS[config.kind].builder()(config, root)
+    experiment.method.to(device)
+    return experiment
 
 
 def build_method(config: RunConfig, out_features: int | None) -> Method:

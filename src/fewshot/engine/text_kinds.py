@@ -95,7 +95,7 @@ class AllClassesExperiment:
                 with torch.no_grad():
                     logits = torch.cat([predictor(texts[i : i + 512]) for i in range(0, len(texts), 512)])
                 predict_s += time.perf_counter() - start
-                scores.append(float((logits.argmax(-1) == labels).float().mean()))
+                scores.append(float((logits.argmax(-1).cpu() == labels).float().mean()))
                 if progress:
                     print(f"draw {draw}: {100 * scores[-1]:.2f}% ({adapt_s:.1f} s adapting, {predict_s:.1f} s "
                           f"predicting so far)", flush=True)

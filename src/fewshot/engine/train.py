@@ -6,16 +6,19 @@ optimizer state and the RNG state, so a run killed and resumed ends bit-identica
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fewshot.config import RunConfig, TrainConfig
+from fewshot.data.tasks import Episode
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, plot_curves, write_report
@@ -112,14 +115,15 @@ def train(
         save_checkpoint(path, Checkpoint(method.state_dict(), iteration, config.to_dict(), optimizer.state_dict(),
                                          torch.get_rng_state(), extra))
 
-    device_type = params[0].device.type if params else "cpu"  # for bf16 autocast
+    device = method.device
+    device_type = device.type  # for bf16 autocast
     method.train()
     try:
         for it in range(start, end):
             lr = learning_rate(cfg, it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = experiment.batch(it)
+            batch = batch_to(experiment.batch(it), device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 metrics = method.meta_gradient(batch)
@@ -174,6 +178,23 @@ def train(
     if best_it < 0:  # no validation ran: the last weights are the ones to use
         save(ckpt_dir / BEST, end)
     return TrainResult(run_dir, end, best, best_it, wall_before + time.perf_counter() - began)
+
+
+def batch_to(batch: Any, device: torch.device) -> Any:
+    """A training batch with its tensors on ``device``: an episode, a tensor, a tuple/list of them, a dataclass of
+    them (the domain kind's batches), or ``None``; strings and numbers stay as they are."""
+    if batch is None or isinstance(batch, (str, int, float)):
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Episode):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(batch_to(b, device) for b in batch)
+    if dataclasses.is_dataclass(batch):
+        return dataclasses.replace(batch, **{f.name: batch_to(getattr(batch, f.name), device)
+                                             for f in dataclasses.fields(batch) if f.init})
+    return batch
 
 
 def _check_finite(metrics: dict[str, float], params: list[torch.nn.Parameter], iteration: int, last: Path) -> None:

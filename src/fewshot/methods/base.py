@@ -7,8 +7,10 @@ Methods know nothing about files, logging or the command line.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +36,11 @@ class Method(nn.Module, ABC):
     def meta_gradient(self, episode: Episode) -> dict[str, float]:
         """Accumulate meta-gradients for a batch of tasks into ``.grad``; return ``loss`` and ``accuracy``."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where the method's weights are (the first parameter or buffer; CPU if it has none)."""
+        return module_device(self)
+
     def meta_parameters(self) -> list[nn.Parameter]:
         """What the outer optimizer updates (all trainable parameters unless a method says otherwise)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -46,6 +53,18 @@ class Method(nn.Module, ABC):
             with torch.no_grad():
                 out.append(predictor(episode.query_x[t]))
         return torch.stack(out)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none)."""
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A tensor moved to ``device``; anything else (a list of strings, say) as it is."""
+    return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -171,7 +171,7 @@ class DANN(Method):
         class_logits = self.classifier(label_z)
         label_loss = F.cross_entropy(class_logits, label_y)
         domain_logits = self.discriminator(grad_reverse(torch.cat([zs, zt]), lambd)).squeeze(-1)
-        domain_y = torch.cat([torch.zeros(ns), torch.ones(nt)])
+        domain_y = torch.cat([torch.zeros(ns), torch.ones(nt)]).to(domain_logits.device)
         domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain_y)
         (label_loss + domain_loss).backward()
         factor = lr_factor(p, cfg.alpha, cfg.beta) if cfg.anneal_lr else 1.0
@@ -187,7 +187,7 @@ class DANN(Method):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """For N-way episodes: cosine nearest class mean on the (domain-invariant) features."""
         with torch.no_grad():
-            z = F.normalize(self.features(support_x), dim=-1)
-            onehot = F.one_hot(support_y, way).to(z.dtype)
+            z = F.normalize(self.features(support_x.to(self.device)), dim=-1)
+            onehot = F.one_hot(support_y.to(z.device), way).to(z.dtype)
             means = F.normalize(onehot.T @ z / onehot.sum(0).clamp(min=1).unsqueeze(-1), dim=-1)
-        return lambda query_x: 10.0 * F.normalize(self.features(query_x), dim=-1) @ means.T
+        return lambda query_x: 10.0 * F.normalize(self.features(query_x.to(z.device)), dim=-1) @ means.T

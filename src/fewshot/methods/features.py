@@ -29,7 +29,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Method, Predictor, accuracy, module_device, to_device
 
 CLASSIFIERS = ("logreg", "ncm")
 CACHE_MODES = ("off", "memory", "disk")
@@ -55,14 +55,15 @@ def concat(parts: list[Any]) -> Any:
 
 
 def embed(backbone: nn.Module, x: Any, batch_size: int = 64) -> torch.Tensor:
-    """``backbone`` over ``x`` in chunks, without gradients; ``[B, D]`` float32."""
+    """``backbone`` over ``x`` in chunks, without gradients; ``[B, D]`` float32 on the backbone's device."""
     n = batch_len(x)
     if n == 0:
         raise FewShotError("nothing to embed: the batch is empty")
+    device = module_device(backbone)
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            z = backbone(take(x, range(start, min(n, start + batch_size))))
+            z = backbone(to_device(take(x, range(start, min(n, start + batch_size))), device))
             if not isinstance(z, torch.Tensor) or z.dim() != 2:
                 raise FewShotError(f"the backbone must return a [batch, features] tensor, got "
                                    f"{getattr(z, 'shape', type(z).__name__)}")
@@ -136,7 +137,7 @@ class EmbeddingCache:
             if k not in self.index and k not in missing:
                 missing[k] = i
         if missing:
-            new = embed(backbone, take(x, list(missing.values())), batch_size)
+            new = embed(backbone, take(x, list(missing.values())), batch_size).cpu()  # the cache lives in RAM
             base = len(self.index)
             for j, k in enumerate(missing):
                 self.index[k] = base + j
@@ -229,7 +230,9 @@ class FeaturesConfig:
 
 
 def fit_classifier(support: torch.Tensor, labels: torch.Tensor, way: int, config: FeaturesConfig) -> Predictor:
-    """A classifier on support embeddings; returns ``query embeddings -> logits [Q, way]``."""
+    """A classifier on support embeddings; returns ``query embeddings -> logits [Q, way]``. Runs on the CPU (a few
+    dozen rows: moving them is cheaper than launching GPU kernels); the logits are CPU tensors."""
+    support, labels = support.detach().float().cpu(), labels.cpu()
     if config.classifier == "ncm":
         z = F.normalize(support, dim=-1)
         onehot = F.one_hot(labels, way).to(z.dtype)
@@ -237,10 +240,11 @@ def fit_classifier(support: torch.Tensor, labels: torch.Tensor, way: int, config
         if (counts == 0).any():
             raise FewShotError(f"every one of the {way} classes needs a support example")
         means = F.normalize(onehot.T @ z / counts.unsqueeze(-1), dim=-1)
-        return lambda q: config.scale * F.normalize(q, dim=-1) @ means.T
+        return lambda q: config.scale * F.normalize(q.float().cpu(), dim=-1) @ means.T
     from sklearn.linear_model import LogisticRegression
 
     def prep(z: torch.Tensor) -> np.ndarray:
+        z = z.detach().cpu()
         return (F.normalize(z, dim=-1) if config.normalize else z).double().numpy()
 
     present = sorted(set(labels.tolist()))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.errors import FewShotError
+from fewshot.methods.base import to_device
 from fewshot.methods.features import TransferMethod, batch_len, embed, take
 from fewshot.methods.protonet import prototypes
 
@@ -75,7 +76,8 @@ class Adapted(nn.Module):
         self.model, self.head, self.start, self.staged = model, head, start, staged
 
     def bottom(self, x: Any) -> Any:
-        """The frozen part's output (no gradient)."""
+        """The frozen part's output (no gradient); tensor inputs are moved to the head's device first."""
+        x = to_device(x, self.head.weight.device)
         with torch.no_grad():
             return self.model.forward_blocks(x, 0, self.start) if self.staged else x
 
@@ -115,6 +117,8 @@ class FineTune(TransferMethod):
         if n != support_y.shape[0]:
             raise FewShotError(f"{n} support inputs but {support_y.shape[0]} labels")
         g = torch.Generator().manual_seed(cfg.seed)
+        device = self.device
+        support_y = support_y.to(device)
         if cfg.top_k == 0:  # head only: features once, from the (unchanged) backbone
             self.backbone.eval()
             feats = embed(self.backbone, support_x)
@@ -131,7 +135,7 @@ class FineTune(TransferMethod):
             model.requires_grad_(True)
         staged = callable(getattr(model, "forward_blocks", None)) and start > 0
         model.train(not cfg.freeze_bn)
-        head = self._new_head(way, g)
+        head = self._new_head(way, g).to(device)
         adapted = Adapted(model, head, start, staged)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, head)
@@ -149,6 +153,7 @@ class FineTune(TransferMethod):
         return adapted.requires_grad_(False).eval()
 
     def _new_head(self, way: int, g: torch.Generator) -> nn.Linear:
+        """A new N-way head, on the CPU (drawn from ``g``, so it is the same on every device)."""
         head = nn.Linear(self.feature_dim(), way)
         with torch.no_grad():
             bound = 1.0 / self.feature_dim() ** 0.5
@@ -175,7 +180,8 @@ class FineTune(TransferMethod):
 
     def _train_head_only(self, feats: torch.Tensor, labels: torch.Tensor, way: int,
                          g: torch.Generator) -> nn.Linear:
-        head = self._new_head(way, g)
+        head = self._new_head(way, g).to(feats.device)
+        labels = labels.to(feats.device)
         if self.config.head_init == "prototypes":
             prototype_head(head, feats, labels, way)
         optimizer = self._optimizer([], head)

