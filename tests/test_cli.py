@@ -21,7 +21,7 @@ def test_recipes_lists_every_recipe(capsys):
             assert f"omniglot_{way}w{shot}s_{method}" in out
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["recipes"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["recipes"], ["compare"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -76,3 +76,34 @@ def test_zero_iterations_scores_the_initial_weights(tmp_path, data_root, capsys)
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "omniglot_5w1s_protonet", "train.iterations=-1", "--out", str(tmp_path / "z")]) == 2
     assert "train.iterations must be >= 0" in capsys.readouterr().err
+
+
+def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_root, capsys):
+    """Two trained runs and a 5-shot evaluation of one: compare pairs the 1-shot records episode by episode and
+    refuses runs scored on different tasks."""
+    from fewshot.engine.compare import compare, load_scores
+    from fewshot.engine.evaluate import mean_ci95
+    from fewshot.errors import FewShotError
+
+    runs = {}
+    for name, recipe in (("proto", "omniglot_5w1s_protonet"), ("fomaml", "omniglot_5w1s_fomaml")):
+        runs[name] = tmp_path / name  # the ProtoNet recipe uses Vinyals' split: scored on other tasks unless told
+        assert main(["train", recipe, *TINY, "data.options.scheme=maml", "--out", str(runs[name]),
+                     "--data-root", str(data_root), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(runs["proto"]), str(runs["fomaml"]), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["run"] for r in rows] == ["proto", "fomaml"] and rows[0]["episodes"] == 8
+    a, b = (json.loads((runs[n] / "checkpoints/eval/best_test_5w1s15q_seed0.json").read_text())["scores"]
+            for n in ("proto", "fomaml"))
+    mean, ci = mean_ci95([x - y for x, y in zip(b, a)])
+    assert rows[1]["difference"] == pytest.approx(mean) and rows[1]["difference_ci95"] == pytest.approx(ci)
+    assert rows[1]["accuracy"] - rows[0]["accuracy"] == pytest.approx(mean)
+
+    assert main(["eval", str(runs["fomaml"]), "--episodes", "4", "eval.shot=5", "--json",
+                 "--data-root", str(data_root)]) == 0  # a second record, of 5-shot tasks
+    five_shot = tmp_path / "fomaml" / "checkpoints" / "eval" / "best_test_5w5s15q_seed0.json"
+    with pytest.raises(FewShotError, match="not scored on the same tasks"):
+        compare([load_scores(runs["proto"]), load_scores(five_shot)])
+    assert len(load_scores(runs["fomaml"])) == 2  # a run folder offers every setting it was scored on
+    assert main(["compare", str(runs["proto"]), str(tmp_path / "nowhere")]) == 2

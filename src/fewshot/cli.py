@@ -14,6 +14,7 @@ EPILOG = """examples:
   fewshot train omniglot_5w1s_protonet train.iterations=2000 --out runs/proto
   fewshot train runs/proto --resume
   fewshot eval runs/proto --episodes 600 --json
+  fewshot compare runs/proto runs/maml                # paired difference on the same test episodes
   fewshot classify runs/proto my_letters/ query1.png query2.png
   fewshot classify clinc150_5w1s_features_minilm intents.csv "book me a table for two"
 data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc150/, ..."""
@@ -83,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="evaluation overrides, e.g. eval.way=20 eval.shot=5 (for methods without a fixed head)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="paired comparison of evaluated runs on the same test episodes",
+                       description="Compare runs evaluated on the same fixed test episodes (same way, shot, query, "
+                                   "seed and split): each run's accuracy, and its paired difference from the first "
+                                   "run, episode by episode, with a 95%% CI. Reads the per-episode records that "
+                                   "`fewshot eval` and `fewshot train` keep in <run>/checkpoints/eval/.")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (or evaluation record files); the first is the "
+                                                      "baseline")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--split", default="test")
+    p.add_argument("--json", action="store_true", help="print one JSON object per run")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("classify", help="classify your own examples from a few labelled ones",
                        description="Adapt a trained run (folder or checkpoint) or a pretrained recipe to YOUR labelled "
@@ -158,6 +171,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "split": args.split or config["eval"]["split"], "checkpoint": str(ckpt)}))
     else:
         print(result)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fewshot.engine.compare import compare, load_scores
+
+    rows = compare([load_scores(run, args.checkpoint, args.split) for run in args.runs])
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    first = rows[0]
+    print(f"{first['data']['name']}, {first['way']}-way {first['shot']}-shot, {first['query']} queries, "
+          f"{first['split']} split, seed "
+          f"{first['seed']}: {first['episodes']} episodes shared by all runs")
+    width = max(len(r["run"]) for r in rows)
+    for row in rows:
+        line = f"{row['run']:<{width}}  {100 * row['accuracy']:6.2f} ± {100 * row['ci95']:.2f}"
+        if "difference" in row:
+            line += f"   {100 * row['difference']:+.2f} ± {100 * row['difference_ci95']:.2f} vs {first['run']}"
+        print(line)
     return 0
 
 

@@ -1,0 +1,88 @@
+"""Paired comparison of evaluated runs: per-episode differences on identical test tasks.
+
+Every run folder keeps its per-episode test scores (``checkpoints/eval/<checkpoint>_<split>_<W>w<S>s<Q>q_seed<N>.json``,
+written by :func:`fewshot.engine.evaluate.evaluate`). Runs scored on the same way / shot / query / seed / split saw the
+same tasks, so the difference of two methods is best estimated episode by episode: its 95% interval is much narrower
+than the two unpaired intervals suggest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewshot.engine.evaluate import mean_ci95
+from fewshot.errors import FewShotError
+
+TASK_KEYS = ("way", "shot", "query", "seed", "split")
+
+
+@dataclass
+class Scores:
+    name: str
+    task: dict
+    """What fixes the episodes: the data set (name and options), way, shot, query, seed, split."""
+    scores: list[float]
+    path: Path
+
+
+def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> list[Scores]:
+    """The evaluation records of a run folder (one per way/shot/... evaluated), or one record file."""
+    if target.is_file():
+        files = [target]
+    elif target.is_dir():
+        files = sorted((target / "checkpoints" / "eval").glob(f"{checkpoint}_{split}_*.json"))
+        if not files:
+            raise FewShotError(f"{target} has no recorded {split} evaluation of its {checkpoint} checkpoint "
+                               f"(run `fewshot eval {target}` first)")
+    else:
+        raise FewShotError(f"{target} is neither a run folder nor an evaluation record")
+    out = []
+    for path in files:
+        try:
+            record = json.loads(path.read_text())
+            identity, scores = record["identity"], [float(s) for s in record["scores"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FewShotError(f"{path} is not an evaluation record: {exc}") from exc
+        name = target.name if target.is_dir() else path.stem
+        data = (identity.get("config") or {}).get("data") or {}
+        data = {"name": data.get("name"), "options": data.get("options")}  # not its root: a folder, not the tasks
+        out.append(Scores(name, {"data": data, **{k: identity.get(k) for k in TASK_KEYS}}, scores, path))
+    return out
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean and 95% half-width of ``a - b`` over their common episodes, and how many there are."""
+    n = min(len(a), len(b))
+    if n == 0:
+        raise FewShotError("no common episodes to compare")
+    mean, ci = mean_ci95([x - y for x, y in zip(a[:n], b[:n])])
+    return mean, ci, n
+
+
+def compare(runs: list[list[Scores]]) -> list[dict]:
+    """One row per run: its score, and its paired difference from the first run, on the tasks they all share.
+
+    Each run may hold records of several settings; the setting used is one that every run has (the first such).
+    """
+    if len(runs) < 2:
+        raise FewShotError("compare needs at least two runs")
+    settings = [{json.dumps(s.task, sort_keys=True) for s in run} for run in runs]
+    shared = set.intersection(*settings)
+    if not shared:
+        names = ", ".join(f"{run[0].name}: {sorted(s)}" for run, s in zip(runs, settings))
+        raise FewShotError(f"the runs were not scored on the same tasks (data set, way, shot, query, seed, split): "
+                           f"{names}")
+    key = next(json.dumps(s.task, sort_keys=True) for s in runs[0] if json.dumps(s.task, sort_keys=True) in shared)
+    picked = [next(s for s in run if json.dumps(s.task, sort_keys=True) == key) for run in runs]
+    n = min(len(s.scores) for s in picked)
+    base = picked[0]
+    rows = []
+    for s in picked:
+        mean, ci = mean_ci95(s.scores[:n])
+        row = {"run": s.name, "episodes": n, "accuracy": mean, "ci95": ci, **s.task}
+        if s is not base:
+            row["difference"], row["difference_ci95"], _ = paired(s.scores[:n], base.scores[:n])
+        rows.append(row)
+    return rows
