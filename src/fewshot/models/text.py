@@ -16,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden [n, L, d]`` over positions where ``mask [n, L]`` is 1."""
     mask = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def by_length(texts: list[str], batch_size: int, run: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """``run`` over chunks of ``batch_size`` texts sorted by length (little padding per batch), rows back in the
+    order of ``texts``."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [(pick, run([texts[j] for j in pick]))
+             for pick in (order[i : i + batch_size] for i in range(0, len(texts), batch_size))]
+    out = parts[0][1].new_empty(len(texts), *parts[0][1].shape[1:])
+    for pick, rows in parts:
+        out[pick] = rows
+    return out
 
 
 class MiniLMEncoder(nn.Module):
@@ -132,12 +145,7 @@ class MiniLMEncoder(nn.Module):
         if torch.is_grad_enabled():
             return torch.cat([self._encode(texts[i : i + self.batch_size], soft_prompt)
                               for i in range(0, len(texts), self.batch_size)])
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.feature_dim, device=self.bert.device)
-        for i in range(0, len(texts), self.batch_size):
-            pick = order[i : i + self.batch_size]
-            out[pick] = self._encode([texts[j] for j in pick], soft_prompt)
-        return out
+        return by_length(texts, self.batch_size, lambda chunk: self._encode(chunk, soft_prompt))
 
     def forward(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
         z = self.features(texts, soft_prompt)
@@ -245,12 +253,7 @@ class SmolLM2(nn.Module):
         texts = list(texts)
         if torch.is_grad_enabled() or len(texts) <= self.batch_size:
             return self._last_hidden(texts, soft_prompt)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.feature_dim, device=self.lm.device)
-        for i in range(0, len(texts), self.batch_size):
-            pick = order[i : i + self.batch_size]
-            out[pick] = self._last_hidden([texts[j] for j in pick], soft_prompt)
-        return out
+        return by_length(texts, self.batch_size, lambda chunk: self._last_hidden(chunk, soft_prompt))
 
     def _last_hidden(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
         templated = [f"Text: {t}\nIntent:" for t in texts]
