@@ -24,7 +24,11 @@ class Scores:
     task: dict
     """What fixes the episodes: the data set (name and options), way, shot, query, seed, split."""
     scores: list[float]
-    path: Path
+
+    @property
+    def key(self) -> str:
+        """``task`` as a comparable string: records with equal keys were scored on the same episodes."""
+        return json.dumps(self.task, sort_keys=True)
 
 
 def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> list[Scores]:
@@ -48,17 +52,16 @@ def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> 
         name = target.name if target.is_dir() else path.stem
         data = (identity.get("config") or {}).get("data") or {}
         data = {"name": data.get("name"), "options": data.get("options")}  # not its root: a folder, not the tasks
-        out.append(Scores(name, {"data": data, **{k: identity.get(k) for k in TASK_KEYS}}, scores, path))
+        out.append(Scores(name, {"data": data, **{k: identity.get(k) for k in TASK_KEYS}}, scores))
     return out
 
 
-def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
-    """Mean and 95% half-width of ``a - b`` over their common episodes, and how many there are."""
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and 95% half-width of ``a - b`` over their common episodes."""
     n = min(len(a), len(b))
     if n == 0:
         raise FewShotError("no common episodes to compare")
-    mean, ci = mean_ci95([x - y for x, y in zip(a[:n], b[:n])])
-    return mean, ci, n
+    return mean_ci95([x - y for x, y in zip(a[:n], b[:n])])
 
 
 def compare(runs: list[list[Scores]]) -> list[dict]:
@@ -68,14 +71,14 @@ def compare(runs: list[list[Scores]]) -> list[dict]:
     """
     if len(runs) < 2:
         raise FewShotError("compare needs at least two runs")
-    settings = [{json.dumps(s.task, sort_keys=True) for s in run} for run in runs]
+    settings = [{s.key for s in run} for run in runs]
     shared = set.intersection(*settings)
     if not shared:
         names = ", ".join(f"{run[0].name}: {sorted(s)}" for run, s in zip(runs, settings))
         raise FewShotError(f"the runs were not scored on the same tasks (data set, way, shot, query, seed, split): "
                            f"{names}")
-    key = next(json.dumps(s.task, sort_keys=True) for s in runs[0] if json.dumps(s.task, sort_keys=True) in shared)
-    picked = [next(s for s in run if json.dumps(s.task, sort_keys=True) == key) for run in runs]
+    key = next(s.key for s in runs[0] if s.key in shared)
+    picked = [next(s for s in run if s.key == key) for run in runs]
     n = min(len(s.scores) for s in picked)
     base = picked[0]
     rows = []
@@ -83,6 +86,6 @@ def compare(runs: list[list[Scores]]) -> list[dict]:
         mean, ci = mean_ci95(s.scores[:n])
         row = {"run": s.name, "episodes": n, "accuracy": mean, "ci95": ci, **s.task}
         if s is not base:
-            row["difference"], row["difference_ci95"], _ = paired(s.scores[:n], base.scores[:n])
+            row["difference"], row["difference_ci95"] = paired(s.scores[:n], base.scores[:n])
         rows.append(row)
     return rows

@@ -185,9 +185,7 @@ def batch_to(batch: Any, device: torch.device) -> Any:
     them (the domain kind's batches), or ``None``; strings and numbers stay as they are."""
     if batch is None or isinstance(batch, (str, int, float)):
         return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Episode):
+    if isinstance(batch, (torch.Tensor, Episode)):  # an episode keeps its class ids on the CPU
         return batch.to(device)
     if isinstance(batch, (tuple, list)):
         return type(batch)(batch_to(b, device) for b in batch)
