@@ -5,9 +5,13 @@ forward + backward through MiniLM (25 sentences), SmolLM2-135M verbalizer scorin
 
 Cost per task: wall seconds of ``method.predict`` (adapt on the support set, score the 75 queries) on the first
 fixed HWU64 test episodes, for each shipped recipe named by ``--methods`` at 1 and 5 shots; frozen features run
-with the embedding cache off, so their figure includes embedding the task's sentences. Writes one JSON file::
+with the embedding cache off, so their figure includes embedding the task's sentences. ``--precisions fp32 bf16``
+times each recipe with its text model's matrix products in float32 and in bfloat16 (``model.options.precision``).
+Writes one JSON file::
 
     HF_HUB_OFFLINE=1 python bench/text_costs.py --threads 1 2 --out bench/out/text_costs.json
+    HF_HUB_OFFLINE=1 python bench/text_costs.py --threads 2 --no-lm --methods prompt_smollm2,finetune_minilm \
+        --precisions fp32 bf16 --out bench/out/text_precision.json
 """
 
 from __future__ import annotations
@@ -64,24 +68,25 @@ def throughput(root: str, threads: int, sentences: int, lm_sentences: int, with_
     return out
 
 
-def task_costs(root: str, threads: int, methods: list[str], tasks: int) -> list[dict]:
+def task_costs(root: str, threads: int, methods: list[str], tasks: int, precisions: list[str]) -> list[dict]:
     rows = []
-    for shot in (1, 5):
-        for name in methods:
-            overrides = [f"train.threads={threads}"] + (["method.cache=off"] if "features" in name or "ncm" in name
-                                                         else [])
-            config = load_config(f"hwu64_5w{shot}s_{name}", overrides)
-            torch.set_num_threads(threads)
-            experiment = build_experiment(config, root)
-            method = experiment.method.eval()
-            seconds = []
-            for episode in fixed_episodes(experiment.dataset("test"), 5, shot, 15, tasks, seed=0, chunk=1):
-                start = time.perf_counter()
-                method.predict(episode)
-                seconds.append(time.perf_counter() - start)
-            rows.append({"recipe": config.name, "shot": shot, "threads": threads, "tasks": tasks,
-                         "seconds_per_task_median": statistics.median(seconds), "seconds": seconds})
-            print(json.dumps(rows[-1]), flush=True)
+    for shot, name, precision in ((s, m, p) for s in (1, 5) for m in methods for p in precisions):
+        overrides = [f"train.threads={threads}", f"model.options.precision={precision}"]
+        overrides += ["method.cache=off"] if "features" in name or "ncm" in name else []
+        config = load_config(f"hwu64_5w{shot}s_{name}", overrides)
+        torch.set_num_threads(threads)
+        experiment = build_experiment(config, root)
+        method = experiment.method.eval()
+        if callable(getattr(method, "use_class_names", None)):  # the verbalizer scores the test intents' names
+            method.use_class_names(experiment.dataset("test").class_names)
+        seconds = []
+        for episode in fixed_episodes(experiment.dataset("test"), 5, shot, 15, tasks, seed=0, chunk=1):
+            start = time.perf_counter()
+            method.predict(episode)
+            seconds.append(time.perf_counter() - start)
+        rows.append({"recipe": config.name, "shot": shot, "threads": threads, "precision": precision,
+                     "tasks": tasks, "seconds_per_task_median": statistics.median(seconds), "seconds": seconds})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -94,6 +99,7 @@ def main() -> None:
     parser.add_argument("--no-lm", action="store_true")
     parser.add_argument("--methods", default=",".join(METHODS), help="recipe suffixes to time per task")
     parser.add_argument("--tasks", type=int, default=3, help="fixed test episodes timed per method")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=Path("bench/out/text_costs.json"))
     args = parser.parse_args()
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "load_start": os.getloadavg()[0],
@@ -104,7 +110,7 @@ def main() -> None:
         print(json.dumps(result["throughput"][-1]), flush=True)
     methods = [m for m in args.methods.split(",") if m]
     for threads in args.threads:
-        result["per_task"] += task_costs(args.data_root, threads, methods, args.tasks)
+        result["per_task"] += task_costs(args.data_root, threads, methods, args.tasks, args.precisions)
     result["load_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

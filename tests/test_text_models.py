@@ -65,6 +65,25 @@ def test_soft_prompt_changes_embedding_and_gets_the_gradient(minilm):
     torch.testing.assert_close(minilm.features(SENTENCES[:3], prompt[:0]).detach(), plain, atol=2e-6, rtol=0)
 
 
+def test_minilm_bfloat16_embeds_like_float32_and_caches_apart(minilm):
+    from fewshot.methods.features import fingerprint
+    from fewshot.models.text import MiniLMConfig
+
+    full = minilm.embed(SENTENCES)
+    minilm.precision = "bf16"
+    try:
+        half = minilm.embed(SENTENCES)
+        bf16_key = fingerprint(minilm)
+    finally:
+        minilm.precision = "fp32"
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() > 0  # the products really ran in bf16
+    assert (half * full).sum(1).min() > 0.995  # and the embeddings point the same way
+    assert bf16_key != fingerprint(minilm)  # so the embedding cache never mixes the two
+    with pytest.raises(FewShotError, match="precision must be one of"):
+        MiniLMConfig(precision="fp16")
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     pytest.importorskip("gguf")
@@ -95,6 +114,13 @@ def test_smollm2_verbalizer_batching_and_prompt(smollm2):
         smollm2.batch_size = size
     # the zero-shot verbalizer already knows some intents
     assert batched.argmax(1).tolist()[1] == 1
+    smollm2.precision = "bf16"  # bf16 products: scores move by rounding, not more
+    try:
+        with torch.no_grad():
+            half = smollm2.label_logits(SENTENCES[:3], ids, prompt)
+    finally:
+        smollm2.precision = "fp32"
+    assert 0 < (half - with_prompt).abs().max() < 0.1 * with_prompt.abs().max()
 
 
 @pytest.mark.slow

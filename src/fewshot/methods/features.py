@@ -93,6 +93,9 @@ def fingerprint(module: nn.Module) -> str:
         return str(own())
     digest = hashlib.blake2b(digest_size=12)
     digest.update(type(module).__qualname__.encode())
+    precision = getattr(module, "precision", "fp32")  # a bf16 model embeds differently from the same weights
+    if precision != "fp32":
+        digest.update(str(precision).encode())
     hash_tensors(digest, module.state_dict())
     return digest.hexdigest()
 
