@@ -79,6 +79,8 @@ METHODS: dict[str, Entry] = {
                       "prototypical networks"),
     "finetune": Entry("fewshot.methods.finetune:FineTune", "fewshot.methods.finetune:FineTuneConfig",
                       "fine-tuning (all layers / top k blocks / head only) with a new N-way head per task"),
+    "setfit": Entry("fewshot.methods.setfit:SetFit", "fewshot.methods.setfit:SetFitConfig",
+                    "SetFit: contrastive fine-tuning of a sentence encoder on support pairs, then logistic regression"),
     "features": Entry("fewshot.methods.features:FeatureExtraction", "fewshot.methods.features:FeaturesConfig",
                       "frozen backbone + logistic regression or cosine nearest class mean"),
     "dann": Entry("fewshot.methods.dann:DANN", "fewshot.methods.dann:DANNConfig",
