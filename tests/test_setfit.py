@@ -36,8 +36,8 @@ def test_pairs_follow_setfit_sampling():
 
 
 def test_warmup_then_linear_decay():
-    factor = warmup_linear(20, 0.1)
-    assert [factor(s) for s in (0, 1, 2)] == [0.5, 1.0, 18 / 18]
+    factor = warmup_linear(20, 0.1)  # transformers' linear schedule with 2 warm-up steps
+    assert [factor(s) for s in (0, 1, 2, 3)] == [0.0, 0.5, 1.0, 17 / 18]
     assert factor(19) == pytest.approx(1 / 18) and factor(20) == 0.0
 
 

@@ -13,7 +13,8 @@ Per task, a copy of the encoder learns from sentence pairs: same class -> cosine
 * ``iterations > 0`` (SetFit's ``num_iterations``): ``iterations x n`` positives and as many negatives instead.
 
 Positive and negative pairs alternate, and the pairs are shuffled into batches of ``batch_size`` for ``epochs``
-epochs of AdamW with a linear warm-up (``warmup`` of the steps) and linear decay, the encoder in train mode (dropout).
+epochs of AdamW (weight decay 0.01, gradient norm clipped to 1) with transformers' linear warm-up (``warmup`` of
+the steps) and linear decay, the encoder in train mode (dropout): SetFit 1.x's defaults.
 Each batch embeds its left and right sentences in two forward passes, as sentence-transformers does.
 The method's own encoder never changes; the logistic regression (scikit-learn, as SetFit's default head) is fitted on
 the tuned copy's support embeddings and scores the queries with the same copy.
@@ -49,7 +50,10 @@ class SetFitConfig:
     batch_size: int = 16
     """Pairs per step."""
     lr: float = 2e-5
-    weight_decay: float = 0.0
+    weight_decay: float = 0.01
+    """AdamW's decoupled weight decay (SetFit's ``l2_weight``)."""
+    max_grad_norm: float = 1.0
+    """Clip each step's gradient norm to this, as transformers' Trainer does (0: off)."""
     warmup: float = 0.1
     """Fraction of the steps over which the learning rate rises linearly from 0 (then it decays linearly to 0)."""
     max_steps: int = 0
@@ -64,8 +68,10 @@ class SetFitConfig:
             raise FewShotError(f"method.sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.iterations < 0 or self.epochs < 1 or self.batch_size < 1 or self.max_steps < 0:
             raise FewShotError("method.iterations and max_steps must be >= 0, epochs and batch_size >= 1")
-        if not (self.lr > 0 and self.C > 0 and 0 <= self.warmup < 1 and self.weight_decay >= 0):
-            raise FewShotError("method.lr and method.C must be > 0, method.warmup in [0, 1)")
+        if not (self.lr > 0 and self.C > 0 and 0 <= self.warmup < 1 and self.weight_decay >= 0
+                and self.max_grad_norm >= 0):
+            raise FewShotError("method.lr and method.C must be > 0, method.warmup in [0, 1), method.weight_decay and "
+                               "method.max_grad_norm >= 0")
 
 
 def sentence_pairs(labels: list[int], sampling: str = "oversampling", iterations: int = 0,
@@ -98,13 +104,14 @@ def sentence_pairs(labels: list[int], sampling: str = "oversampling", iterations
 
 
 def warmup_linear(steps: int, warmup: float) -> Callable[[int], float]:
-    """Learning-rate factor of step ``s``: linear rise over ``ceil(warmup * steps)`` steps, then linear decay to 0
-    (sentence-transformers' ``WarmupLinear``)."""
+    """Learning-rate factor of step ``s`` (from 0): ``s / w`` for the ``w = ceil(warmup * steps)`` warm-up steps,
+    then a linear decay to 0. It is transformers' ``get_linear_schedule_with_warmup``, which SetFit 1.x trains with;
+    so the first step has rate 0 and only moves Adam's moments."""
     warm = math.ceil(warmup * steps)
 
     def factor(step: int) -> float:
         if step < warm:
-            return (step + 1) / warm
+            return step / warm
         return max(0.0, (steps - step) / max(1, steps - warm))
 
     return factor
@@ -148,6 +155,8 @@ class SetFit(TransferMethod):
                 loss = F.mse_loss(F.cosine_similarity(left, right, dim=-1), target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
