@@ -46,7 +46,9 @@ def test_classify_own_images_with_shipped_protonet(data_root, tmp_path, capsys):
     assert correct >= 16, rows  # 4-way one-shot on unseen alphabets; chance is 5 of 20
 
 
-def test_classify_own_text_with_pretrained_recipe(data_root, tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["clinc150_5w5s_features_minilm",
+                                    pytest.param("clinc150_5w5s_setfit_minilm", marks=pytest.mark.slow)])
+def test_classify_own_text_with_pretrained_recipe(recipe, data_root, tmp_path, capsys):
     data = json.loads((data_root / "clinc150" / "data_full.json").read_text())
     intents = ["book_flight", "weather", "transfer", "recipe"]
     rows = {i: [t for t, label in data["test"] if label == i] for i in intents}
@@ -58,7 +60,7 @@ def test_classify_own_text_with_pretrained_recipe(data_root, tmp_path, capsys):
             for text in rows[intent][:5]:
                 writer.writerow([text, intent])
     queries = [(t, i) for i in intents for t in rows[i][5:10]]
-    assert main(["classify", "clinc150_5w5s_features_minilm", str(path), *[q for q, _ in queries], "--json"]) == 0
+    assert main(["classify", recipe, str(path), *[q for q, _ in queries], "--json"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     correct = sum(o["label"] == i for o, (_, i) in zip(out, queries))
     assert correct >= 16, out
