@@ -83,6 +83,13 @@ def test_contrastive_tuning_separates_a_real_task_and_leaves_the_encoder_alone(m
         method.adapt(x[:3], y, 5)
 
 
+def test_a_nan_loss_is_a_clear_error():
+    broken = torch.nn.Linear(4, 3)  # any backbone works (tensor inputs too); this one outputs NaN
+    torch.nn.init.constant_(broken.weight, float("nan"))
+    with pytest.raises(FewShotError, match="contrastive loss is nan at step 0"):
+        SetFit(broken).adapt(torch.randn(4, 4), torch.tensor([0, 0, 1, 1]), 2)
+
+
 def test_bad_settings_name_the_option():
     with pytest.raises(FewShotError, match="method.sampling"):
         SetFitConfig(sampling="balanced")

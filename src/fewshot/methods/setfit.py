@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Predictor
+from fewshot.methods.base import Predictor, to_device
 from fewshot.methods.features import FeaturesConfig, TransferMethod, batch_len, embed, fit_classifier, take
 
 SAMPLING = ("oversampling", "undersampling", "unique")
@@ -148,11 +148,14 @@ class SetFit(TransferMethod):
         # dropout drawn from the task's seed; the caller's random state is left as it was
         with torch.random.fork_rng(devices=gpus), torch.enable_grad():
             torch.manual_seed(cfg.seed)
-            for batch in batches:
-                left = model(take(support_x, [i for i, _, _ in batch]))
-                right = model(take(support_x, [j for _, j, _ in batch]))
+            for step, batch in enumerate(batches):
+                left = model(to_device(take(support_x, [i for i, _, _ in batch]), device))
+                right = model(to_device(take(support_x, [j for _, j, _ in batch]), device))
                 target = torch.tensor([t for _, _, t in batch], device=left.device)
                 loss = F.mse_loss(F.cosine_similarity(left, right, dim=-1), target)
+                if not torch.isfinite(loss):
+                    raise FewShotError(f"SetFit's contrastive loss is {loss.item()} at step {step} of "
+                                       f"{len(batches)}; lower method.lr (now {cfg.lr}) or check the inputs")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
