@@ -10,8 +10,8 @@ times each recipe with its text model's matrix products in float32 and in bfloat
 Writes one JSON file::
 
     HF_HUB_OFFLINE=1 python bench/text_costs.py --threads 1 2 --out bench/out/text_costs.json
-    HF_HUB_OFFLINE=1 python bench/text_costs.py --threads 2 --no-lm --methods prompt_smollm2,finetune_minilm \
-        --precisions fp32 bf16 --out bench/out/text_precision.json
+    HF_HUB_OFFLINE=1 python bench/text_costs.py --threads 2 --no-lm --methods prompt_smollm2 --precisions fp32 bf16 \
+        --tasks 2 --out bench/out/text_precision.json
 """
 
 from __future__ import annotations
