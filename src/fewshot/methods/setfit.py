@@ -153,8 +153,9 @@ class SetFit(TransferMethod):
                 right = model(to_device(take(support_x, [j for _, j, _ in batch]), device))
                 target = torch.tensor([t for _, _, t in batch], device=left.device)
                 loss = F.mse_loss(F.cosine_similarity(left, right, dim=-1), target)
-                if not torch.isfinite(loss):
-                    raise FewShotError(f"SetFit's contrastive loss is {loss.item()} at step {step} of "
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FewShotError(f"SetFit's contrastive loss is {value} at step {step} of "
                                        f"{len(batches)}; lower method.lr (now {cfg.lr}) or check the inputs")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -162,7 +163,7 @@ class SetFit(TransferMethod):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
-                losses.append(loss.item())
+                losses.append(value)
         return model.requires_grad_(False).eval(), losses
 
     def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:

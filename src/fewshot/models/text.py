@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.config import PRECISIONS
 from fewshot.data.download import cache_dir
 from fewshot.errors import FewShotError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-PRECISIONS = ("fp32", "bf16")
 
 
 def check_precision(precision: str) -> str:
