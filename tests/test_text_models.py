@@ -65,6 +65,29 @@ def test_soft_prompt_changes_embedding_and_gets_the_gradient(minilm):
     torch.testing.assert_close(minilm.features(SENTENCES[:3], prompt[:0]).detach(), plain, atol=2e-6, rtol=0)
 
 
+def test_length_sorted_chunks_keep_order_sizes_and_gradient(minilm):
+    from fewshot.models.text import by_length
+
+    sizes: list[int] = []
+    rows = by_length(SENTENCES * 4 + SENTENCES[:1], 16, lambda chunk: sizes.append(len(chunk)) or
+                     torch.tensor([[len(t)] for t in chunk]))
+    assert sizes == [13, 12]  # 25 texts at most 16 a batch: two even chunks
+    assert rows[:, 0].tolist() == [len(t) for t in SENTENCES * 4 + SENTENCES[:1]]
+    # the soft prompt's gradient through chunks of 4 equals the one-batch gradient
+    grads = []
+    for batch_size in (64, 4):
+        minilm.batch_size = batch_size
+        prompt = (0.05 * torch.randn(3, minilm.embedding_dim, generator=torch.Generator().manual_seed(1)))
+        prompt.requires_grad_()
+        try:
+            (minilm.features(SENTENCES, prompt) * torch.arange(len(SENTENCES)).unsqueeze(1)).sum().backward()
+        finally:
+            minilm.batch_size = 64
+        grads.append(prompt.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
 def test_minilm_bfloat16_embeds_like_float32_and_caches_apart(minilm):
     from fewshot.methods.features import fingerprint
     from fewshot.models.text import MiniLMConfig
