@@ -78,7 +78,9 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def by_length(texts: list[str], batch_size: int, run: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
     """``run`` over chunks of at most ``batch_size`` texts sorted by length (little padding per batch), rows back in
     the order of ``texts``. Chunks are of even size (25 texts, batch size 16: 13 + 12, not 16 + 9). Works under
-    autograd: the rows keep their gradient."""
+    autograd: the rows keep their gradient. Up to ``batch_size`` texts go in one call, as they are."""
+    if len(texts) <= batch_size:
+        return run(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     size = -(-len(texts) // -(-len(texts) // batch_size))  # ceil(n / number of chunks)
     parts = [(pick, run([texts[j] for j in pick]))
@@ -162,8 +164,6 @@ class MiniLMEncoder(nn.Module):
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.feature_dim, device=self.bert.device)
-        if len(texts) <= self.batch_size:
-            return self._encode(texts, soft_prompt)
         return by_length(texts, self.batch_size, lambda chunk: self._encode(chunk, soft_prompt))
 
     def forward(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,8 +279,6 @@ class SmolLM2(nn.Module):
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise FewShotError("SmolLM2 takes a list of strings")
         texts = list(texts)
-        if len(texts) <= self.batch_size:
-            return self._last_hidden(texts, soft_prompt)
         return by_length(texts, self.batch_size, lambda chunk: self._last_hidden(chunk, soft_prompt))
 
     def _last_hidden(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
