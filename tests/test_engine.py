@@ -194,6 +194,7 @@ class _StopAfter:
     def __init__(self, method, chunks: int) -> None:
         self.method, self.left = method, chunks
         self.training = method.training
+        self.sizes: list[int] = []  # tasks per predict call that returned
 
     def eval(self):
         self.method.eval()
@@ -205,6 +206,7 @@ class _StopAfter:
         if self.left == 0:
             raise KeyboardInterrupt
         self.left -= 1
+        self.sizes.append(episode.num_tasks)
         return self.method.predict(episode)
 
 
@@ -216,16 +218,34 @@ def test_interrupted_evaluation_resumes_where_it_stopped(tmp_path, data_root, ca
     args = dict(way=5, shot=1, query=3, episodes=20, seed=0, chunk=5)
     full = evaluate(experiment.method, data, **args)
 
+    stopped = _StopAfter(experiment.method, 2)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(_StopAfter(experiment.method, 2), data, record=record, identity={"run": "a"}, **args)
-    assert len(__import__("json").loads(record.read_text())["scores"]) == 10  # two chunks kept
+        evaluate(stopped, data, record=record, identity={"run": "a"}, **args)
+    kept = len(__import__("json").loads(record.read_text())["scores"])
+    assert stopped.sizes[0] == 1 and kept == sum(stopped.sizes) > 1  # both finished chunks kept
 
-    resumed = evaluate(_StopAfter(experiment.method, 2), data, record=record, identity={"run": "a"}, **args)
-    assert "after 10 recorded episodes" in capsys.readouterr().err
-    assert resumed.per_episode == full.per_episode  # only chunks 3 and 4 were scored now, and they match
+    resumed = evaluate(_StopAfter(experiment.method, 20), data, record=record, identity={"run": "a"}, **args)
+    assert f"after {kept} recorded episodes" in capsys.readouterr().err
+    assert resumed.per_episode == full.per_episode  # only the rest was scored now, and it matches
 
     with pytest.raises(KeyboardInterrupt):  # another identity (other weights, config): nothing is reused
         evaluate(_StopAfter(experiment.method, 0), data, record=record, identity={"run": "b"}, **args)
+
+
+def test_evaluation_chunks_follow_the_cost_of_a_task(data_root):
+    """A method that takes seconds per task is scored (and its record saved) one task at a time; a fast one in
+    chunks; the scores do not depend on the chunking."""
+    from fewshot.engine.evaluate import evaluate
+
+    experiment = build_experiment(load_config("omniglot_5w1s_protonet", ["model.hidden=16"]), data_root)
+    data, args = experiment.dataset("test"), dict(way=5, shot=1, query=3, episodes=12, seed=0, chunk=5)
+    fast, slow = _StopAfter(experiment.method, 100), _StopAfter(experiment.method, 100)
+    chunked = evaluate(fast, data, **args)
+    single = evaluate(slow, data, save_every=1e-9, **args)  # every task "too slow" to batch
+    assert fast.sizes == [1, 5, 5, 1] and slow.sizes == [1] * 12
+    assert chunked.per_episode == single.per_episode
+    with pytest.raises(FewShotError, match="save_every"):
+        evaluate(experiment.method, data, save_every=0, **args)
 
 
 def test_bf16_precision_is_opt_in_and_trains(tmp_path, data_root):

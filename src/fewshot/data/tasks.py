@@ -132,9 +132,12 @@ def fixed_episodes(
     """
     sampler = TaskSampler(dataset, way, shot, query, seed=seed)
     for first in range(start, episodes, chunk):
-        size = min(chunk, episodes - first)
-        tasks = [sampler.sample(1, iteration=first + i) for i in range(size)]
-        yield _stack(tasks)
+        yield episode_range(sampler, first, min(chunk, episodes - first))
+
+
+def episode_range(sampler: TaskSampler, first: int, size: int) -> Episode:
+    """The fixed tasks ``first .. first + size - 1`` of ``sampler`` as one episode batch."""
+    return _stack([sampler.sample(1, iteration=first + i) for i in range(size)])
 
 
 def _stack(tasks: list[Episode]) -> Episode:
