@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -68,8 +69,9 @@ def throughput(root: str, threads: int, sentences: int, lm_sentences: int, with_
     return out
 
 
-def task_costs(root: str, threads: int, methods: list[str], tasks: int, precisions: list[str]) -> list[dict]:
-    rows = []
+def task_costs(root: str, threads: int, methods: list[str], tasks: int,
+               precisions: list[str]) -> Iterator[dict]:
+    """One row per recipe and precision, yielded as soon as it is measured."""
     for shot, name, precision in ((s, m, p) for s in (1, 5) for m in methods for p in precisions):
         overrides = [f"train.threads={threads}", f"model.options.precision={precision}"]
         overrides += ["method.cache=off"] if "features" in name or "ncm" in name else []
@@ -84,10 +86,10 @@ def task_costs(root: str, threads: int, methods: list[str], tasks: int, precisio
             start = time.perf_counter()
             method.predict(episode)
             seconds.append(time.perf_counter() - start)
-        rows.append({"recipe": config.name, "shot": shot, "threads": threads, "precision": precision,
-                     "tasks": tasks, "seconds_per_task_median": statistics.median(seconds), "seconds": seconds})
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+        row = {"recipe": config.name, "shot": shot, "threads": threads, "precision": precision,
+               "tasks": tasks, "seconds_per_task_median": statistics.median(seconds), "seconds": seconds}
+        print(json.dumps(row), flush=True)
+        yield row
 
 
 def main() -> None:
@@ -109,10 +111,12 @@ def main() -> None:
                                                not args.no_lm))
         print(json.dumps(result["throughput"][-1]), flush=True)
     methods = [m for m in args.methods.split(",") if m]
-    for threads in args.threads:
-        result["per_task"] += task_costs(args.data_root, threads, methods, args.tasks, args.precisions)
-    result["load_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    for threads in args.threads:  # the file is rewritten after every row: a run cut short keeps what it measured
+        for row in task_costs(args.data_root, threads, methods, args.tasks, args.precisions):
+            result["per_task"].append(row)
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+    result["load_end"] = os.getloadavg()[0]
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 

@@ -23,6 +23,7 @@ from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, plot_curves, write_report
 from fewshot.errors import FewShotError
+from fewshot.hardware import warn_slow_bf16
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 
@@ -117,6 +118,8 @@ def train(
 
     device = method.device
     device_type = device.type  # for bf16 autocast
+    if cfg.precision == "bf16":
+        warn_slow_bf16(device_type, "train.precision")
     method.train()
     try:
         for it in range(start, end):

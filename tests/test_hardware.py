@@ -1,0 +1,38 @@
+"""bf16 on a CPU without bfloat16 instructions is emulated and slow: the flags are read and the user is warned."""
+
+from __future__ import annotations
+
+import pytest
+
+from fewshot import hardware
+
+CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx avx2 fma{extra}\nbogomips\t: 4890\n"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [("", False), (" avx512f avx512_bf16", True), (" amx_bf16", True)])
+def test_bf16_support_is_read_from_the_cpu_flags(tmp_path, extra, expected):
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO.format(extra=extra))
+    assert hardware.cpu_has_bf16(info) is expected
+    assert "avx2" in hardware.cpu_flags(info)
+
+
+def test_unknown_cpus_are_not_guessed(tmp_path):
+    (tmp_path / "no_flags").write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # e.g. aarch64 lists Features
+    assert hardware.cpu_has_bf16(tmp_path / "no_flags") is None
+    assert hardware.cpu_has_bf16(tmp_path / "missing") is None
+
+
+def test_bf16_without_instructions_warns_once(monkeypatch, capsys):
+    hardware.warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    assert hardware.warn_slow_bf16("cpu", "train.precision")
+    assert "train.precision=bf16 on a CPU without bfloat16 instructions" in capsys.readouterr().err
+    assert hardware.warn_slow_bf16("cpu", "train.precision")  # cached: said once per process
+    assert capsys.readouterr().err == ""
+    assert not hardware.warn_slow_bf16("cuda", "train.precision")  # GPUs have their own bf16 units
+    hardware.warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: True)
+    assert not hardware.warn_slow_bf16("cpu", "model.options.precision")
+    assert capsys.readouterr().err == ""
+    hardware.warn_slow_bf16.cache_clear()
