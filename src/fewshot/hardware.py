@@ -46,3 +46,11 @@ def warn_slow_bf16(device_type: str, setting: str) -> bool:
           f"/proc/cpuinfo): its products are emulated and can be several times slower than fp32 here "
           f"(torch {torch.__version__})", file=sys.stderr)
     return True
+
+
+def bf16_autocast(device_type: str, enabled: bool, setting: str) -> torch.autocast:
+    """bfloat16 autocast on ``device_type`` when ``enabled`` (warning once where the CPU would emulate it; ``setting``
+    names the option that asked for it), else a disabled autocast."""
+    if enabled:
+        warn_slow_bf16(device_type, setting)
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)

@@ -23,7 +23,7 @@ from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, plot_curves, write_report
 from fewshot.errors import FewShotError
-from fewshot.hardware import warn_slow_bf16
+from fewshot.hardware import bf16_autocast
 
 LAST, BEST = "last.safetensors", "best.safetensors"
 
@@ -118,8 +118,6 @@ def train(
 
     device = method.device
     device_type = device.type  # for bf16 autocast
-    if cfg.precision == "bf16":
-        warn_slow_bf16(device_type, "train.precision")
     method.train()
     try:
         for it in range(start, end):
@@ -128,7 +126,7 @@ def train(
                 group["lr"] = lr
             batch = batch_to(experiment.batch(it), device)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            with bf16_autocast(device_type, cfg.precision == "bf16", "train.precision"):
                 metrics = method.meta_gradient(batch)
             _check_finite(metrics, params, it, ckpt_dir / LAST)
             if cfg.grad_clip > 0:

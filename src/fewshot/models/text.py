@@ -28,7 +28,7 @@ from torch import nn
 from fewshot.config import PRECISIONS
 from fewshot.data.download import cache_dir
 from fewshot.errors import FewShotError
-from fewshot.hardware import warn_slow_bf16
+from fewshot.hardware import bf16_autocast
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -42,9 +42,7 @@ def check_precision(precision: str) -> str:
 def autocast(device: torch.device, precision: str) -> torch.autocast:
     """Mixed precision for a model's matrix products: ``bf16`` runs them in bfloat16 (float32 accumulation; norms
     and softmax stay float32), ``fp32`` is off. Weights stay float32 either way."""
-    if precision == "bf16":
-        warn_slow_bf16(device.type, "model.options.precision")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return bf16_autocast(device.type, precision == "bf16", "model.options.precision")
 
 
 def _quiet_transformers() -> None:
