@@ -21,6 +21,15 @@ def data_root() -> Path:
     return DATA_ROOT
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core machine, two threads per process ran several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def omniglot_train(data_root):
     from fewshot.data.omniglot import omniglot

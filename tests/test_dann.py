@@ -14,13 +14,7 @@ from fewshot.engine.train import make_optimizer
 from fewshot.errors import FewShotError
 from fewshot.methods.dann import DANNConfig, grad_reverse, lambda_schedule, lr_factor
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("lambd", [0.0, 0.3, 1.0, 2.5])

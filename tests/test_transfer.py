@@ -18,13 +18,7 @@ from fewshot.methods.finetune import FineTune, FineTuneConfig
 COFFEE_CLASSES = {504: "coffee mug", 967: "espresso", 968: "cup", 969: "eggnog", 925: "consomme", 809: "soup bowl"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, two threads per process ran several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
