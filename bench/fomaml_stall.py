@@ -75,7 +75,7 @@ def compare_gradients(data_root: str | None) -> dict:
         for name, reference in (("ours fast", False), ("ours reference", True)):
             net = Conv4(5).double()
             net.load_state_dict(model.state_dict())
-            MAML(net, MAMLConfig(first_order=True, reference=reference)).meta_gradient(episode)
+            MAML(net, MAMLConfig(first_order=True, reference=reference)).training_gradient(episode)
             grads[name] = torch.cat([p.grad.flatten() for p in net.meta_parameters()])
         maml = l2l.MAML(standard_conv4(model), lr=0.4, first_order=True)
         l2l_step(maml, episode)
@@ -92,7 +92,7 @@ def compare_gradients(data_root: str | None) -> dict:
         grads["formula"] = torch.stack(formula).mean(0)
         net = Conv4(5).double()
         net.load_state_dict(model.state_dict())
-        MAML(net, MAMLConfig(first_order=False, reference=True)).meta_gradient(episode)
+        MAML(net, MAMLConfig(first_order=False, reference=True)).training_gradient(episode)
         second = torch.cat([p.grad.flatten() for p in net.meta_parameters()])
         ref = grads["formula"]
         out[init] = {name: float((g - ref).norm() / ref.norm()) for name, g in grads.items() if name != "formula"}
@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
                 def step(episode, ours=ours):
-                    return ours.meta_gradient(episode)["accuracy"]
+                    return ours.training_gradient(episode)["accuracy"]
             name = f"{impl} ({init} init)"
             accs, begin = [], time.perf_counter()
             for i in range(args.iters):

@@ -97,7 +97,7 @@ def ours(model: Conv4, case: Case, reference: bool = False, bf16: bool = False) 
     def step(episode: Episode) -> float:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            metrics = method.meta_gradient(episode)
+            metrics = method.training_gradient(episode)
         optimizer.step()
         return metrics["loss"]
 

@@ -79,8 +79,7 @@ def task_costs(root: str, threads: int, methods: list[str], tasks: int,
         torch.set_num_threads(threads)
         experiment = build_experiment(config, root)
         method = experiment.method.eval()
-        if callable(getattr(method, "use_class_names", None)):  # the verbalizer scores the test intents' names
-            method.use_class_names(experiment.dataset("test").class_names)
+        method.set_class_names(experiment.dataset("test").class_names)  # a verbalizer scores the test intents' names
         seconds = []
         for episode in fixed_episodes(experiment.dataset("test"), 5, shot, 15, tasks, seed=0, chunk=1):
             start = time.perf_counter()

@@ -21,7 +21,7 @@ def maml(way: int, shot: int, first_order: bool) -> dict:
         "name": f"omniglot_{way}w{shot}s_{name}",
         "description": f"{'First-order ' if first_order else ''}MAML, Omniglot {way}-way {shot}-shot "
                        f"(Finn et al. 2017 hyper-parameters; Finn split; nearest-neighbour 28x28 as Finn's code)",
-        "kind": "episodic",
+        "experiment": "episodic",
         "data": {"name": "omniglot", "options": {"scheme": "maml", "resize": "nearest", "rotations": True}},
         "model": {"name": "conv4", "options": {"variant": "strided", "pool": "mean"}},
         "method": {"name": "maml", "options": {"inner_steps": 1 if five else 5, "inner_lr": 0.4 if five else 0.1,
@@ -39,7 +39,7 @@ def reptile(way: int, shot: int) -> dict:
         "name": f"omniglot_{way}w{shot}s_reptile",
         "description": f"Reptile, Omniglot {way}-way {shot}-shot (Nichol et al. 2018 settings: 10 training shots, "
                        "Adam beta1=0 inner loop, meta step 1 annealed to 0; transductive evaluation)",
-        "kind": "episodic",
+        "experiment": "episodic",
         "data": {"name": "omniglot", "options": {"scheme": "maml", "resize": "nearest", "rotations": True}},
         "model": {"name": "conv4", "options": {"variant": "strided", "pool": "flatten"}},
         "method": {"name": "reptile", "options": {
@@ -57,7 +57,7 @@ def protonet(way: int, shot: int) -> dict:
         "name": f"omniglot_{way}w{shot}s_protonet",
         "description": f"Prototypical networks, Omniglot {way}-way {shot}-shot (Snell et al. 2017: 60-way training "
                        "episodes, Vinyals split, max-pool Conv-4)",
-        "kind": "episodic",
+        "experiment": "episodic",
         "data": {"name": "omniglot", "options": {"scheme": "vinyals", "resize": "nearest", "rotations": True}},
         "model": {"name": "conv4", "options": {"variant": "maxpool", "pool": "flatten", "running_stats": True}},
         "method": {"name": "protonet", "options": {}},

@@ -30,7 +30,7 @@ FINETUNE_EPOCHS, FINETUNE_BATCH, FINETUNE_LR = 5, 32, 5e-5
 BANKING77's validation utterances (draw 0): lr 5e-5 83.44%, 2e-5 83.05%, and 84.68% with the head started at the
 class means (``head_init: prototypes``; 84.94% with 10 epochs, not worth twice the time), against 82.92% for frozen
 features + logistic regression."""
-PROMPT = {"length": 4, "head": "class_mean", "scale": 10.0, "steps": 10, "lr": 0.01, "head_lr": 0.01}
+PROMPT = {"length": 4, "head": "class_mean", "temperature": 10.0, "steps": 10, "lr": 0.01, "head_lr": 0.01}
 
 
 def base(data: str, shot: int, name: str, description: str, kind: str, model: dict, method: dict,
@@ -41,7 +41,7 @@ def base(data: str, shot: int, name: str, description: str, kind: str, model: di
     return {
         "name": f"{data}_5w{shot}s_{name}",
         "description": description,
-        "kind": kind,
+        "experiment": kind,
         "data": {"name": data, "options": {"setting": "episodic"}},
         "model": model,
         "method": method,
@@ -94,7 +94,7 @@ def all_classes(data: str) -> list[dict]:
             "name": f"{data}_10s_all_{name}",
             "description": f"{nice}, 10 examples of every intent, official test set; frozen all-MiniLM-L6-v2 + "
                            f"{'logistic regression' if method['classifier'] == 'logreg' else 'nearest class mean'}",
-            "kind": "text_all_classes",
+            "experiment": "text_all_classes",
             "data": {"name": data, "options": {"setting": "all_classes", "shot": 10, "sample_seed": 0}},
             "model": MINILM,
             "method": {"name": "features", "options": method},
@@ -106,7 +106,7 @@ def all_classes(data: str) -> list[dict]:
         "name": f"{data}_10s_all_finetune_minilm",
         "description": f"{nice}, 10 examples of every intent, official test set; fine-tune all of all-MiniLM-L6-v2 + "
                        f"a head started at the class means ({FINETUNE_EPOCHS} epochs, batches of {FINETUNE_BATCH})",
-        "kind": "text_all_classes",
+        "experiment": "text_all_classes",
         "data": {"name": data, "options": {"setting": "all_classes", "shot": 10, "sample_seed": 0}},
         "model": MINILM,
         "method": {"name": "finetune", "options": {

@@ -70,7 +70,7 @@ def test_config_errors():
 
 
 def _domain_accuracy(recipe: str, data_root, iterations: int) -> tuple[list[float], float]:
-    config = load_config(recipe, [f"train.iterations={iterations}", "train.meta_batch=32", "train.lr=0.05"])
+    config = load_config(recipe, [f"train.iterations={iterations}", "train.batch_size=32", "train.lr=0.05"])
     torch.manual_seed(0)
     experiment = build_experiment(config, str(data_root))
     method = experiment.method
@@ -78,7 +78,7 @@ def _domain_accuracy(recipe: str, data_root, iterations: int) -> tuple[list[floa
     curve = []
     for it in range(iterations):
         optimizer.zero_grad(set_to_none=True)
-        metrics = method.meta_gradient(experiment.batch(it))
+        metrics = method.training_gradient(experiment.batch(it))
         optimizer.step()
         curve.append(metrics["domain_accuracy"])
     return curve, experiment.test().accuracy

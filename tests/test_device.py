@@ -71,7 +71,7 @@ def test_text_methods_give_the_cpu_results_on_a_gpu(data_root):
 
 def _meta_gradients(method, episode) -> dict[str, torch.Tensor]:
     method.zero_grad(set_to_none=True)
-    method.meta_gradient(episode)
+    method.training_gradient(episode)
     return {name: p.grad.detach().cpu().double() for name, p in method.named_parameters() if p.grad is not None}
 
 

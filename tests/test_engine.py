@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
+import fewshot.io
 from fewshot import registry
 from fewshot.config import RunConfig, apply_overrides, component_options, load_config, load_raw
-from fewshot.engine import checkpoint as ckpt_mod
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import TrainingDiverged, train
@@ -108,7 +108,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(ckpt_mod.os, "replace", crash)
+    monkeypatch.setattr(fewshot.io.os, "replace", crash)
     with pytest.raises(OSError):
         save_checkpoint(path, Checkpoint({"w": torch.zeros(3)}, iteration=2))
     kept = load_checkpoint(path)
@@ -196,11 +196,18 @@ class _StopAfter:
         self.training = method.training
         self.sizes: list[int] = []  # tasks per predict call that returned
 
+    @property
+    def device(self):
+        return self.method.device
+
     def eval(self):
         self.method.eval()
 
     def train(self, mode: bool = True):
         self.method.train(mode)
+
+    def end_evaluation(self):
+        self.method.end_evaluation()
 
     def predict(self, episode):
         if self.left == 0:
@@ -212,24 +219,25 @@ class _StopAfter:
 
 def test_interrupted_evaluation_resumes_where_it_stopped(tmp_path, data_root, capsys):
     from fewshot.engine.evaluate import evaluate
+    from fewshot.engine.records import EvalRecord
 
     experiment = build_experiment(load_config("omniglot_5w1s_protonet", ["model.hidden=16"]), data_root)
-    data, record = experiment.dataset("test"), tmp_path / "record.json"
+    data, path = experiment.dataset("test"), tmp_path / "record.json"
     args = dict(way=5, shot=1, query=3, episodes=20, seed=0, chunk=5)
     full = evaluate(experiment.method, data, **args)
 
     stopped = _StopAfter(experiment.method, 2)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(stopped, data, record=record, identity={"run": "a"}, **args)
-    kept = len(__import__("json").loads(record.read_text())["scores"])
+        evaluate(stopped, data, record=EvalRecord(path, {"run": "a"}), **args)
+    kept = len(__import__("json").loads(path.read_text())["scores"])
     assert stopped.sizes[0] == 1 and kept == sum(stopped.sizes) > 1  # both finished chunks kept
 
-    resumed = evaluate(_StopAfter(experiment.method, 20), data, record=record, identity={"run": "a"}, **args)
+    resumed = evaluate(_StopAfter(experiment.method, 20), data, record=EvalRecord(path, {"run": "a"}), **args)
     assert f"after {kept} recorded episodes" in capsys.readouterr().err
     assert resumed.per_episode == full.per_episode  # only the rest was scored now, and it matches
 
     with pytest.raises(KeyboardInterrupt):  # another identity (other weights, config): nothing is reused
-        evaluate(_StopAfter(experiment.method, 0), data, record=record, identity={"run": "b"}, **args)
+        evaluate(_StopAfter(experiment.method, 0), data, record=EvalRecord(path, {"run": "b"}), **args)
 
 
 def test_evaluation_chunks_follow_the_cost_of_a_task(data_root):

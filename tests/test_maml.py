@@ -35,7 +35,7 @@ def meta_loss(model, params, ep, steps, lr):
 def test_second_order_meta_gradient_matches_finite_differences(omniglot_train, steps):
     ep, model, lr = tiny_task(omniglot_train), tiny_model(), 0.4
     maml = MAML(model, MAMLConfig(inner_steps=steps, inner_lr=lr))
-    maml.meta_gradient(ep)
+    maml.training_gradient(ep)
     params = model.meta_parameters()
     grads = [p.grad.clone() for p in params]
     gen = torch.Generator().manual_seed(1)
@@ -59,15 +59,15 @@ def test_second_order_terms_matter(omniglot_train):
     """The check above can fail: the first-order gradient differs from the true one by far more than tolerance."""
     ep = tiny_task(omniglot_train)
     full, first = tiny_model(), tiny_model()
-    MAML(full, MAMLConfig(inner_steps=1)).meta_gradient(ep)
-    MAML(first, MAMLConfig(inner_steps=1, first_order=True)).meta_gradient(ep)
+    MAML(full, MAMLConfig(inner_steps=1)).training_gradient(ep)
+    MAML(first, MAMLConfig(inner_steps=1, first_order=True)).training_gradient(ep)
     diff = max((a.grad - b.grad).abs().max().item() for a, b in zip(full.meta_parameters(), first.meta_parameters()))
     assert diff > 1e-3
 
 
 def test_first_order_update_equals_formula(omniglot_train):
     ep, model, lr = tiny_task(omniglot_train, seed=2), tiny_model(3), 0.4
-    MAML(model, MAMLConfig(inner_steps=1, inner_lr=lr, first_order=True)).meta_gradient(ep)
+    MAML(model, MAMLConfig(inner_steps=1, inner_lr=lr, first_order=True)).training_gradient(ep)
     theta = [p.detach().clone().requires_grad_() for p in model.meta_parameters()]
     support_grads = torch.autograd.grad(F.cross_entropy(model(ep.support_x[0], theta), ep.support_y[0]), theta)
     phi = [(t - lr * g).detach().requires_grad_() for t, g in zip(theta, support_grads)]
@@ -79,11 +79,11 @@ def test_first_order_update_equals_formula(omniglot_train):
 def test_meta_sgd_learns_inner_rates(omniglot_train):
     ep, model = tiny_task(omniglot_train), tiny_model()
     maml = MAML(model, MAMLConfig(inner_steps=1, inner_lr=0.4, learn_inner_lr=True)).double()
-    maml.meta_gradient(ep)
+    maml.training_gradient(ep)
     assert all(lr.grad is not None and lr.grad.abs().sum() > 0 for lr in maml.inner_lrs)
     # with all rates equal to inner_lr, the weights' meta-gradient is plain MAML's
     ref = tiny_model()
-    MAML(ref, MAMLConfig(inner_steps=1, inner_lr=0.4)).meta_gradient(ep)
+    MAML(ref, MAMLConfig(inner_steps=1, inner_lr=0.4)).training_gradient(ep)
     for a, b in zip(model.meta_parameters(), ref.meta_parameters()):
         torch.testing.assert_close(a.grad, b.grad)
 
@@ -96,12 +96,12 @@ def test_meta_gradient_averages_tasks(omniglot_train):
     torch.manual_seed(0)
     model = Conv4(3, hidden=4, blocks=2).double()
     maml = MAML(model, MAMLConfig(inner_steps=2))
-    maml.meta_gradient(ep)
+    maml.training_gradient(ep)
     batch = [p.grad.clone() for p in model.meta_parameters()]
     total = [torch.zeros_like(g) for g in batch]
     for t in range(3):
         model.zero_grad()
-        maml.meta_gradient(ep.task(t))
+        maml.training_gradient(ep.task(t))
         total = [a + p.grad / 3 for a, p in zip(total, model.meta_parameters())]
     for a, b in zip(batch, total):
         torch.testing.assert_close(a, b)

@@ -50,7 +50,7 @@ def test_only_the_prompt_trains_and_the_model_stays_bit_identical(minilm, bankin
     episode = TaskSampler(banking_test, 3, 1, 1, seed=0).sample(2, 0)
     method.train()
     optimizer.zero_grad()
-    metrics = method.meta_gradient(episode)
+    metrics = method.training_gradient(episode)
     optimizer.step()
     assert set(metrics) == {"loss", "accuracy"}
     assert not torch.equal(method.prompt.detach(), start)
@@ -65,7 +65,7 @@ def test_only_the_prompt_trains_and_the_model_stays_bit_identical(minilm, bankin
 def test_meta_gradients_equal_their_formulas(minilm, banking_test):
     episode = TaskSampler(banking_test, 3, 1, 1, seed=1).sample(2, 0)
     fomaml = _method(minilm, meta="fomaml")
-    fomaml.meta_gradient(episode)
+    fomaml.training_gradient(episode)
     want = torch.zeros_like(fomaml.prompt)
     for t in range(2):
         prompt, head, ids = fomaml.tune(episode.support_x[t], episode.support_y[t], 3, 2)
@@ -75,13 +75,13 @@ def test_meta_gradients_equal_their_formulas(minilm, banking_test):
     torch.testing.assert_close(fomaml.prompt.grad, want, atol=1e-6, rtol=1e-4)
 
     reptile = _method(minilm, meta="reptile")
-    reptile.meta_gradient(episode)
+    reptile.training_gradient(episode)
     tuned = [reptile.tune(episode.support_x[t], episode.support_y[t], 3, 2)[0] for t in range(2)]
     torch.testing.assert_close(reptile.prompt.grad, reptile.prompt.detach() - (tuned[0] + tuned[1]) / 2,
                                atol=1e-6, rtol=1e-4)
 
     none = _method(minilm, meta="none")
-    none.meta_gradient(episode)
+    none.training_gradient(episode)
     assert none.prompt.grad is None  # the baseline's initialisation never moves
 
 
@@ -119,7 +119,7 @@ def test_meta_learned_prompt_beats_its_random_init(data_root, tmp_path):
     test = experiment.dataset("test")
     before = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
     train(experiment, tmp_path / "run", progress=False)
-    experiment.method.use_class_names(test.class_names)  # training left the training split's names in place
+    experiment.method.set_class_names(test.class_names)  # training left the training split's names in place
     after = evaluate(experiment.method, test, 5, 1, 15, 50, seed=0)
     paired = torch.tensor(after.per_episode) - torch.tensor(before.per_episode)
     print(f"random init {before}, meta-learned {after}, paired gain {paired.mean():+.4f}")

@@ -29,7 +29,7 @@ def test_reptile_meta_gradient_is_theta_minus_mean_phi(omniglot_train):
     torch.manual_seed(0)
     model = Conv4(5, hidden=8, blocks=2).double()
     reptile = Reptile(model, ReptileConfig(inner_steps=4, inner_lr=0.01, inner_batch=10))
-    reptile.meta_gradient(ep)
+    reptile.training_gradient(ep)
     theta = [p.detach().clone() for p in model.meta_parameters()]
     phis = []
     for t in range(2):
@@ -63,6 +63,6 @@ def test_protonet_meta_gradient_trains_embedding(omniglot_train):
     ep = TaskSampler(omniglot_train, 20, 1, 5, seed=0).sample(1)
     torch.manual_seed(0)
     net = ProtoNet(Conv4(None, variant="maxpool", pool="flatten", running_stats=True))
-    metrics = net.meta_gradient(ep)
+    metrics = net.training_gradient(ep)
     assert metrics["loss"] > 0 and 0 <= metrics["accuracy"] <= 1
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.meta_parameters())

@@ -59,7 +59,7 @@ def _separation(z: torch.Tensor, y: torch.Tensor) -> float:
 def test_contrastive_tuning_separates_a_real_task_and_leaves_the_encoder_alone(minilm, data_root):
     from fewshot.data.tasks import fixed_episodes
     from fewshot.data.text import text_dataset
-    from fewshot.methods.features import embed
+    from fewshot.models.base import embed
 
     episode = next(iter(fixed_episodes(text_dataset("banking77", "test", data_root), 5, 2, 3, 1, seed=0, chunk=1)))
     x, y = episode.support_x[0], episode.support_y[0]

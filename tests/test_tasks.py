@@ -22,7 +22,7 @@ def test_episode_shapes_and_labels(omniglot_train):
 
 def test_support_and_query_do_not_overlap():
     ids = torch.arange(30 * 20).view(30, 20, 1)  # every example carries its own id
-    data = TensorClassDataset(ids, [str(i) for i in range(30)], scale=None)
+    data = TensorClassDataset(ids, [str(i) for i in range(30)])
     ep = TaskSampler(data, 5, 5, 15, seed=3).sample(8)
     for t in range(8):
         s, q = set(ep.support_x[t].flatten().tolist()), set(ep.query_x[t].flatten().tolist())

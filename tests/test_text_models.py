@@ -89,7 +89,7 @@ def test_length_sorted_chunks_keep_order_sizes_and_gradient(minilm):
 
 
 def test_minilm_bfloat16_embeds_like_float32_and_caches_apart(minilm):
-    from fewshot.methods.features import fingerprint
+    from fewshot.hashing import fingerprint
     from fewshot.models.text import MiniLMConfig
 
     full = minilm.embed(SENTENCES)

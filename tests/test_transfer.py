@@ -11,7 +11,9 @@ from torch import nn
 from fewshot.data.tasks import TaskSampler
 from fewshot.engine.evaluate import evaluate
 from fewshot.errors import FewShotError
-from fewshot.methods.features import FeatureExtraction, FeaturesConfig, item_keys, take
+from fewshot.data.inputs import take
+from fewshot.hashing import item_keys
+from fewshot.methods.features import FeatureExtraction, FeaturesConfig
 from fewshot.methods.finetune import FineTune, FineTuneConfig
 
 # ImageNet indices of what a cup of coffee on a saucer may plausibly be called
@@ -150,12 +152,12 @@ def test_conv4_baseline_trains_and_scores(data_root):
     from fewshot.engine.experiment import build_experiment
     from fewshot.engine.train import make_optimizer
 
-    config = load_config("omniglot_5w1s_baseline_conv4", ["train.meta_batch=64", "train.iterations=30"])
+    config = load_config("omniglot_5w1s_baseline_conv4", ["train.batch_size=64", "train.iterations=30"])
     experiment = build_experiment(config, str(data_root))
     assert experiment.num_classes == 4400  # 1100 characters x 4 rotations
     a, b = experiment.batch(7), experiment.batch(7)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # deterministic in the iteration
-    assert not torch.equal(a[1], experiment.batch(8)[1])
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # deterministic in the iteration
+    assert not torch.equal(a.y, experiment.batch(8).y)
     method = experiment.method
     assert method.pretrain_head.out_features == 4400
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
@@ -163,7 +165,7 @@ def test_conv4_baseline_trains_and_scores(data_root):
     losses = []
     for _ in range(30):  # one fixed batch: the supervised step must be able to fit it
         optimizer.zero_grad(set_to_none=True)
-        losses.append(method.meta_gradient(a)["loss"])
+        losses.append(method.training_gradient(a)["loss"])
         optimizer.step()
     assert losses[0] > 8.0 and losses[-1] < losses[0] - 2.0, (losses[0], losses[-1])  # from ~ln(4400) = 8.39
     assert any(not torch.equal(v, before[k]) for k, v in method.backbone.state_dict().items())

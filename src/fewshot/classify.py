@@ -1,7 +1,8 @@
 """Classify your own few examples: a support set (a folder of images or a CSV of text) and some queries.
 
-The model is a trained run (a run folder or checkpoint: MAML, ProtoNet, Reptile, ...) or a recipe of a pretrained
-method that needs no training (``kind: pretrained`` or ``text_*`` recipes: feature extraction, fine-tuning).
+The model is a trained run (a run folder or checkpoint: MAML, ProtoNet, Reptile, ...) or a recipe that needs no
+training (``train.iterations: 0``: feature extraction, fine-tuning or prompt tuning of a pretrained model). Images are
+prepared as the model's data set describes them (:class:`fewshot.data.base.ImageInput`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Any
 import torch
 
 from fewshot import registry
-from fewshot.config import RunConfig, load_config
+from fewshot.config import RunConfig, component_options, load_config
+from fewshot.data.base import ImageInput
+from fewshot.data.inputs import to_device
 from fewshot.engine.checkpoint import load_checkpoint
-from fewshot.engine.experiment import build_method
+from fewshot.engine.experiment import build_method, method_class
+from fewshot.engine.scoring import load_weights
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, to_device
+from fewshot.methods.base import Method
 
-TRAINED_KINDS = ("episodic", "supervised", "domain_adaptation")
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass
@@ -31,38 +35,37 @@ class Prediction:
 
 
 def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
-    """A method ready to adapt: from a run folder / checkpoint (with its weights) or a pretrained recipe."""
+    """A method ready to adapt: from a run folder / checkpoint (with its weights) or a recipe that needs no
+    training (a name or a YAML file)."""
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
-    if path.suffix == ".safetensors" or path.exists():
+    if path.suffix.lower() not in RECIPE_SUFFIXES and (path.suffix == ".safetensors" or path.exists()):
         ckpt = load_checkpoint(path)
         config = RunConfig.from_dict(ckpt.config)
         method = build_method(config, config.eval.way)
-        try:
-            method.load_state_dict(ckpt.weights)
-        except RuntimeError as exc:
-            raise FewShotError(f"{path} does not fit the model its config describes: {exc}") from exc
+        load_weights(method, ckpt.weights, path)
     else:
         config = load_config(str(model))
-        if config.kind in TRAINED_KINDS and config.method.name not in ("features", "finetune"):
+        if config.train.iterations > 0:
             raise FewShotError(f"recipe {config.name} must be trained first (fewshot train {config.name}); "
                                "pass its run folder or checkpoint")
         method = build_method(config, way)
-    needs_head = registry.METHODS[config.method.name].builder().needs_head
-    if needs_head and config.method.name in ("maml", "reptile") and way != config.eval.way:
+    if method_class(config).needs_head and way != config.eval.way:
         raise FewShotError(f"this {config.method.name} model has a {config.eval.way}-way output layer, but the "
                            f"support set has {way} classes")
     config.train.use_threads()
     return method.to(config.train.torch_device()).eval(), config
 
 
-def _image_input(config: RunConfig) -> tuple[int, int]:
-    """(size, channels) the model was trained on."""
-    options = config.data.options
-    if config.data.name == "omniglot":
-        return int(options.get("size", 28)), 1
-    return int(options.get("size", 84)), int(options.get("channels", 3))
+def image_input(config: RunConfig) -> ImageInput:
+    """How the model's data set prepares images (its options' ``image_input()``)."""
+    options = component_options(config.data, registry.DATASETS, "data")
+    describe = getattr(options, "image_input", None)
+    if not callable(describe):
+        raise FewShotError(f"the model was trained on {config.data.name!r}, which does not describe image inputs; "
+                           "classify images with a model trained on images")
+    return describe()
 
 
 def _looks_inverted(images: torch.Tensor) -> bool:
@@ -81,16 +84,18 @@ def classify(
         probe = image_folder(support, size=8, channels=1, min_per_class=1)
         way = len(probe.class_names)
         method, config = load_model(model, way)
-        size, channels = _image_input(config)
-        data = image_folder(support, size=size, channels=channels, min_per_class=1)
+        spec = image_input(config)
+        data = image_folder(support, size=spec.size, channels=spec.channels, min_per_class=1)
         paths = _image_paths(queries)
-        query_images = torch.stack([torch.from_numpy(load_image(p, size, channels).copy()) for p in paths])
-        flip = config.data.name == "omniglot" and (invert == "yes" or invert == "auto" and _looks_inverted(data.images))
+        if not paths:
+            raise FewShotError("no query images to classify")
+        query_images = torch.stack([torch.from_numpy(load_image(p, spec.size, spec.channels).copy()) for p in paths])
+        flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and _looks_inverted(data.images))
         support_x, query_x = data.images, query_images
         if flip:
             support_x, query_x = 255 - support_x, 255 - query_x
         support_x, query_x = support_x.float() / 255, query_x.float() / 255
-        if channels == 1 and config.data.name == "omniglot":
+        if spec.squeeze:
             support_x, query_x = support_x[:, 0], query_x[:, 0]
         support_y, names, labels = data.labels, data.class_names, [str(p) for p in paths]
         query_items: Any = query_x
@@ -100,6 +105,7 @@ def classify(
         data = load_csv_text(support, text_column, label_column, delimiter="\t" if support.suffix == ".tsv" else ",")
         names = data.class_names
         method, config = load_model(model, len(names))
+        method.set_class_names(names)
         support_x = [t for texts in data.texts for t in texts]
         support_y = torch.tensor([c for c, texts in enumerate(data.texts) for _ in texts])
         query_items = list(queries)

@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                   help="for Omniglot models: invert dark-on-light images (auto: when the support looks so)")
+                   help="for models trained on bright strokes on a dark background (Omniglot, MNIST): invert "
+                        "dark-on-light images (auto: when the support looks so)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     p.set_defaults(func=cmd_classify)
     return parser
@@ -151,24 +152,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
               f"{result.best_val_iteration}")
     if not args.no_test and result.iterations == config.train.iterations:
-        test = _evaluate(run_dir / "checkpoints" / "best.safetensors", None, None, args.data_root, [])
+        from fewshot.engine.checkpoint import load_checkpoint
+        from fewshot.engine.scoring import load_weights, score
+
+        best = run_dir / "checkpoints" / "best.safetensors"
+        load_weights(experiment.method, load_checkpoint(best).weights, best)
+        test = score(experiment, best)
         print(f"test accuracy ({config.name}): {test}")
         (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    target = args.target
-    ckpt = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
-    result = _evaluate(ckpt, args.episodes, args.split, args.data_root, args.overrides, progress=not args.json,
-                       fresh=args.fresh)
-    if args.json:
-        from fewshot.config import apply_overrides
-        from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.config import RunConfig, apply_overrides
+    from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.engine.experiment import build_experiment
+    from fewshot.engine.scoring import load_weights, score
 
-        config = apply_overrides(load_checkpoint(ckpt).config, args.overrides)
-        print(json.dumps({**result.to_dict(), "method": config["method"]["name"], "recipe": config["name"],
-                          "split": args.split or config["eval"]["split"], "checkpoint": str(ckpt)}))
+    target = args.target
+    path = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
+    ckpt = load_checkpoint(path)
+    config = RunConfig.from_dict(apply_overrides(ckpt.config, args.overrides))
+    config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
+    experiment = build_experiment(config, args.data_root)
+    load_weights(experiment.method, ckpt.weights, path)
+    result = score(experiment, path, args.episodes, args.split, progress=not args.json, fresh=args.fresh)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "method": config.method.name, "recipe": config.name,
+                          "split": args.split or config.eval.split, "checkpoint": str(path)}))
     else:
         print(result)
     return 0
@@ -215,41 +226,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
         else:
             print(f"{p.label}\t{p.probability:.3f}\t{p.query}")
     return 0
-
-
-def _evaluate(ckpt_path: Path, episodes: int | None, split: str | None, root: str | None, overrides: list[str],
-              progress: bool = False, fresh: bool = False):
-    """Score a checkpoint; for a run folder's checkpoint, per-episode scores are recorded in the run's
-    ``checkpoints/eval/``, so an interrupted evaluation resumes."""
-    import hashlib
-
-    from fewshot import __version__
-    from fewshot.config import RunConfig, apply_overrides
-    from fewshot.engine.checkpoint import load_checkpoint
-    from fewshot.engine.experiment import build_experiment
-    from fewshot.methods.features import hash_tensors
-
-    ckpt = load_checkpoint(ckpt_path)
-    config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
-    config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
-    experiment = build_experiment(config, root)
-    try:
-        experiment.method.load_state_dict(ckpt.weights)
-    except RuntimeError as exc:
-        raise FewShotError(f"{ckpt_path} does not fit the model its config describes: {exc}") from exc
-    folder = Path(ckpt_path).parent
-    if folder.name != "checkpoints" or not (folder.parent / "config.yaml").is_file():
-        return experiment.test(episodes, split, progress=progress)  # a loose checkpoint file: nothing recorded
-    e, settings = config.eval, config.to_dict()
-    stem = f"{Path(ckpt_path).stem}_{split or e.split}_{e.way}w{e.shot}s{e.query}q_seed{e.seed}"
-    record = folder / "eval" / f"{stem}.json"
-    if fresh:
-        record.unlink(missing_ok=True)
-    digest = hashlib.sha256()  # of the weights, not the file: re-saving a checkpoint rewrites its metadata
-    hash_tensors(digest, {name: ckpt.weights[name] for name in sorted(ckpt.weights)})
-    identity = {"fewshot": __version__, "weights_sha256": digest.hexdigest(),
-                "config": {k: settings[k] for k in ("kind", "data", "model", "method")}}
-    return experiment.test(episodes, split, progress=progress, record=record, identity=identity)
 
 
 if __name__ == "__main__":

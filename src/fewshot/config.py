@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Union
 import yaml
 
 from fewshot.errors import FewShotError
+from fewshot.hardware import PRECISIONS
 
 if TYPE_CHECKING:
     import torch
 
-PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "linear", "step", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -46,7 +46,9 @@ class TrainConfig:
     shot: int = 1
     query: int = 15
     meta_batch: int = 32
-    """Tasks per meta-update (examples per step for non-episodic kinds)."""
+    """Tasks per meta-update (episodic kinds of run)."""
+    batch_size: int = 64
+    """Examples per training step (the non-episodic kinds: ``supervised``, ``domain_adaptation``)."""
     iterations: int = 1000
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -98,7 +100,8 @@ class TrainConfig:
             raise FewShotError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.iterations < 0:
             raise FewShotError(f"train.iterations must be >= 0 (0: nothing to train), got {self.iterations}")
-        for name in ("way", "shot", "meta_batch", "val_every", "checkpoint_every", "log_every", "step_size"):
+        for name in ("way", "shot", "meta_batch", "batch_size", "val_every", "checkpoint_every", "log_every",
+                     "step_size"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.query < 0 or self.val_episodes < 0:
@@ -129,8 +132,8 @@ class EvalConfig:
 class RunConfig:
     name: str = "run"
     description: str = ""
-    kind: str = "episodic"
-    """How training batches are made and runs are scored (see ``fewshot.registry.KINDS``)."""
+    experiment: str = "episodic"
+    """The kind of run: how training batches are made and runs are scored (see ``fewshot.registry.EXPERIMENTS``)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ComponentConfig = field(default_factory=ComponentConfig)
     method: ComponentConfig = field(default_factory=ComponentConfig)
@@ -145,7 +148,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        config = from_dict(cls, data)
+        config = from_dict(cls, upgrade(data))
         validate_components(config)
         return config
 
@@ -237,8 +240,38 @@ def validate_components(config: RunConfig) -> None:
         if component.name not in table:
             raise FewShotError(f"unknown {section}.name {component.name!r}; known: {', '.join(sorted(table))}")
         from_dict(table[component.name].options_class(), component.options, f"{section}")
-    if config.kind not in registry.KINDS:
-        raise FewShotError(f"unknown kind {config.kind!r}; known: {', '.join(sorted(registry.KINDS))}")
+    if config.experiment not in registry.EXPERIMENTS:
+        raise FewShotError(f"unknown experiment {config.experiment!r}; known: "
+                           f"{', '.join(sorted(registry.EXPERIMENTS))}")
+
+
+RENAMED_OPTIONS = {("method", "prompt", "scale"): "temperature", ("method", "features", "scale"): "temperature"}
+"""Component options renamed since fewshot 0.1.0: (section, component, old key) -> new key."""
+NON_EPISODIC = ("supervised", "domain_adaptation")
+
+
+def upgrade(data: Any) -> Any:
+    """A config written by an earlier fewshot (a checkpoint's, a run folder's, a recipe) in today's keys.
+
+    ``kind`` became ``experiment``; the non-episodic kinds' examples per step moved from ``train.meta_batch`` to
+    ``train.batch_size``; a cosine head's ``scale`` became ``temperature``. A config already in today's keys comes
+    back unchanged; the caller's mapping is never modified.
+    """
+    if not isinstance(data, dict) or "kind" not in data:
+        return data
+    data = _deep_copy(data)
+    kind = data.pop("kind")
+    data.setdefault("experiment", kind)
+    train = data.get("train")
+    if kind in NON_EPISODIC and isinstance(train, dict) and "meta_batch" in train:
+        train.setdefault("batch_size", train.pop("meta_batch"))
+    for (section, name, old), new in RENAMED_OPTIONS.items():
+        component = data.get(section)
+        if isinstance(component, dict) and component.get("name") == name:
+            options = component.get("options")
+            if isinstance(options, dict) and old in options:
+                options.setdefault(new, options.pop(old))
+    return data
 
 
 def component_options(component: ComponentConfig, table: dict, section: str) -> Any:
@@ -254,7 +287,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     Values are parsed as YAML (``5``, ``0.4``, ``true``, ``[1, 2]``); only ``true``/``false`` are booleans, so
     ``off``, ``on``, ``yes`` and ``no`` stay words.
     """
-    raw = _deep_copy(raw)
+    raw = _deep_copy(upgrade(raw))
     for item in overrides:
         if "=" not in item:
             raise FewShotError(f"override {item!r} is not of the form key=value")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+PRECISIONS = ("fp32", "bf16")
+"""Number formats a training step or a text model can run in."""
+
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """``/proc/cpuinfo`` flags of the x86 instructions that run bfloat16 products natively."""
 

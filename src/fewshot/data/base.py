@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from fewshot.errors import FewShotError
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How a data set's images reach the model, so that a user's own images can be prepared the same way.
+
+    An image data set's options class offers it as ``image_input()``; ``fewshot classify`` reads it.
+    """
+
+    size: int
+    """Side of the square images, in pixels."""
+    channels: int
+    """1 (greyscale) or 3 (RGB)."""
+    squeeze: bool
+    """The model takes ``[batch, H, W]`` (one channel, no channel axis) rather than ``[batch, C, H, W]``."""
+    bright_on_dark: bool
+    """Strokes are bright on a dark background (Omniglot, MNIST as stored): dark-on-light images are inverted."""
 
 
 class ClassDataset(Protocol):
@@ -28,15 +46,16 @@ class ClassDataset(Protocol):
 class TensorClassDataset:
     """Classes of equal size held in one tensor ``[classes, per_class, ...]`` (uint8 images, say).
 
-    ``transform`` maps a gathered uint8 batch to model input (e.g. float in [0, 1]).
+    ``divisor``: gathered batches become ``float / divisor`` (e.g. 255 for uint8 images); ``None`` returns them as
+    stored.
     """
 
-    def __init__(self, data: torch.Tensor, class_names: Sequence[str], scale: float | None = 1 / 255) -> None:
+    def __init__(self, data: torch.Tensor, class_names: Sequence[str], divisor: float | None = None) -> None:
         if data.dim() < 2 or data.shape[0] != len(class_names):
             raise ValueError(f"data has shape {tuple(data.shape)} but there are {len(class_names)} class names")
         self.data = data
         self.class_names = list(class_names)
-        self.scale = scale
+        self.divisor = divisor
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -47,13 +66,8 @@ class TensorClassDataset:
 
     def gather(self, classes: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
         batch = self.data[classes, examples]
-        if self.scale is not None:
-            batch = batch.float().mul_(self.scale)
-        return batch
-
-    def subset(self, classes: Sequence[int]) -> TensorClassDataset:
-        index = torch.as_tensor(list(classes), dtype=torch.long)
-        return TensorClassDataset(self.data[index], [self.class_names[i] for i in index], self.scale)
+        # times the reciprocal, not a division: the two differ in the last bit, and the Omniglot models were trained so
+        return batch if self.divisor is None else batch.float().mul_(1 / self.divisor)
 
 
 class LabelledTensorDataset:

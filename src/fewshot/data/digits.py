@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot.data.base import LabelledTensorDataset
+from fewshot.data.base import ImageInput, LabelledTensorDataset
 from fewshot.data.download import data_root
 from fewshot.errors import FewShotError
 
 FILE = Path("domain_adaptation") / "mnist_usps_jda" / "mnist_usps_jda.npz"
 SHA256 = "6e8ad2b64cfe32f4f56678d686de4862069f716b756bc57d6e1be6c178187fa3"
 DOMAINS = ("mnist", "usps")
+SIZE = 16
+"""Side of the images, in pixels."""
 SPLITS = ("all", "train", "test")
 
 
@@ -100,6 +102,9 @@ class DigitsConfig:
                 raise FewShotError(f"unknown digits domain {name!r}; choose one of {DOMAINS}")
         if self.source == self.target:
             raise FewShotError("data.source and data.target must differ")
+
+    def image_input(self) -> ImageInput:
+        return ImageInput(SIZE, channels=1, squeeze=True, bright_on_dark=True)
 
 
 def build(split: str, root: str | None, options: DigitsConfig) -> LabelledImages:

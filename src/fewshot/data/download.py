@@ -37,12 +37,6 @@ def download(url: str, dest: Path, md5: str | None = None) -> Path:
     return dest
 
 
-def cache_dir() -> Path:
-    """Where preprocessed data goes: ``$FEWSHOT_CACHE`` or ``~/.cache/fewshot``."""
-    path = Path(os.environ.get("FEWSHOT_CACHE") or Path.home() / ".cache" / "fewshot")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: ``root`` if given, else ``$FEWSHOT_DATA``, else ``./data``."""

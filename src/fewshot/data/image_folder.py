@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.data.base import LabelledTensorDataset
+from fewshot.data.base import ImageInput, LabelledTensorDataset
 from fewshot.errors import FewShotError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -107,6 +107,9 @@ class ImageFolderConfig:
             raise FewShotError("data.path must name the image folder (root/<class_name>/<images>)")
         if self.size < 8 or self.channels not in (1, 3) or self.min_per_class < 1:
             raise FewShotError("data.size must be >= 8, data.channels 1 or 3, data.min_per_class >= 1")
+
+    def image_input(self) -> ImageInput:
+        return ImageInput(self.size, self.channels, squeeze=False, bright_on_dark=self.invert)
 
 
 def build(split: str, root: str | None, options: ImageFolderConfig) -> ImageFolderDataset:

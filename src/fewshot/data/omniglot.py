@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.data.base import TensorClassDataset, shipped_split
-from fewshot.data.download import cache_dir, data_root, download, file_digest
+from fewshot.data.base import ImageInput, TensorClassDataset, shipped_split
+from fewshot.data.download import data_root, download, file_digest
 from fewshot.errors import FewShotError
+from fewshot.io import atomic_write, cache_dir
 
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 ZIPS = {
@@ -127,8 +128,8 @@ def load_characters(
         arrays.append(array)
         names += part_names
     images = np.concatenate(arrays)
-    _atomic_save(cached, images)
-    _atomic_write_text(index, json.dumps(names))
+    atomic_write(cached, lambda f: np.save(f, images, allow_pickle=False))
+    atomic_write(index, json.dumps(names))
     return torch.from_numpy(images), names
 
 
@@ -158,6 +159,9 @@ class OmniglotConfig:
         if self.size < 8:
             raise FewShotError(f"Omniglot image size must be >= 8, got {self.size}")
 
+    def image_input(self) -> ImageInput:
+        return ImageInput(self.size, channels=1, squeeze=True, bright_on_dark=True)
+
 
 def omniglot(
     split: str, root: str | os.PathLike | None = None, scheme: str = "maml", resize: str = "nearest",
@@ -173,23 +177,11 @@ def omniglot(
                            f"e.g. {missing[0]}")
     chars = images[torch.tensor([position[c] for c in wanted])]
     if not rotations:
-        return TensorClassDataset(chars, wanted)
+        return TensorClassDataset(chars, wanted, divisor=255)
     data = torch.stack([torch.rot90(chars, k=r // 90, dims=(-2, -1)) for r in ROTATIONS], dim=1)
     class_names = [f"{c}/rot{r:03d}" for c in wanted for r in ROTATIONS]
-    return TensorClassDataset(data.reshape(-1, *chars.shape[1:]).contiguous(), class_names)
+    return TensorClassDataset(data.reshape(-1, *chars.shape[1:]).contiguous(), class_names, divisor=255)
 
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def build(split: str, root: str | None, options: OmniglotConfig) -> TensorClassDataset:

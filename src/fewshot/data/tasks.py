@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from fewshot.data.base import ClassDataset
+from fewshot.data.batches import iteration_generator
 from fewshot.errors import FewShotError
 
 
@@ -83,12 +84,9 @@ class TaskSampler:
         self._sizes = sizes
         self._equal = bool((sizes == sizes[0]).all())
 
-    def generator(self, iteration: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + iteration)
-
     def sample(self, num_tasks: int, iteration: int = 0) -> Episode:
         """The ``num_tasks`` tasks of batch number ``iteration`` (same arguments, same tasks)."""
-        g = self.generator(iteration)
+        g = iteration_generator(self.seed, iteration)
         n, k, q = self.way, self.shot, self.query
         num_classes = len(self._sizes)
         classes = torch.rand(num_tasks, num_classes, generator=g).argsort(dim=1)[:, :n]
@@ -114,12 +112,6 @@ class TaskSampler:
             support_x = [[x for cls in task for x in cls[:k]] for task in per_task]
             query_x = [[x for cls in task for x in cls[k:]] for task in per_task]
         return Episode(support_x, support_y, query_x, query_y, classes)
-
-    def __iter__(self) -> Iterator[Episode]:
-        iteration = 0
-        while True:
-            yield self.sample(1, iteration)
-            iteration += 1
 
 
 def fixed_episodes(

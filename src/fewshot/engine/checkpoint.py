@@ -7,7 +7,6 @@ state (``rng.torch``), and JSON metadata (iteration, config, optimizer hyper-par
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from fewshot.errors import FewShotError
+from fewshot.io import atomic_write
 
 FORMAT = "fewshot-checkpoint-v1"
 
@@ -47,14 +47,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
                     meta["optimizer_scalars"][f"{index}.{key}"] = value
     if ckpt.rng is not None:
         tensors["rng.torch"] = ckpt.rng
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     # written by us rather than safetensors' save_file, which creates owner-only (0600) files
-    with open(tmp, "wb") as f:
-        f.write(save(tensors, metadata={"fewshot": json.dumps(meta)}))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata={"fewshot": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -1,9 +1,8 @@
 """Paired comparison of evaluated runs: per-episode differences on identical test tasks.
 
-Every run folder keeps its per-episode test scores (``checkpoints/eval/<checkpoint>_<split>_<W>w<S>s<Q>q_seed<N>.json``,
-written by :func:`fewshot.engine.evaluate.evaluate`). Runs scored on the same way / shot / query / seed / split saw the
-same tasks, so the difference of two methods is best estimated episode by episode: its 95% interval is much narrower
-than the two unpaired intervals suggest.
+Every run folder keeps its per-episode test scores (the evaluation records of :mod:`fewshot.engine.records`).
+Runs scored on the same way / shot / query / seed / split saw the same tasks, so the difference of two methods is best
+estimated episode by episode: its 95% interval is much narrower than the two unpaired intervals suggest.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewshot.engine.evaluate import mean_ci95
+from fewshot.engine.records import read_record, record_tasks, run_record_files
 from fewshot.errors import FewShotError
-
-TASK_KEYS = ("way", "shot", "query", "seed", "split")
 
 
 @dataclass
@@ -36,7 +34,7 @@ def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> 
     if target.is_file():
         files = [target]
     elif target.is_dir():
-        files = sorted((target / "checkpoints" / "eval").glob(f"{checkpoint}_{split}_*.json"))
+        files = run_record_files(target, checkpoint, split)
         if not files:
             raise FewShotError(f"{target} has no recorded {split} evaluation of its {checkpoint} checkpoint "
                                f"(run `fewshot eval {target}` first)")
@@ -44,15 +42,9 @@ def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> 
         raise FewShotError(f"{target} is neither a run folder nor an evaluation record")
     out = []
     for path in files:
-        try:
-            record = json.loads(path.read_text())
-            identity, scores = record["identity"], [float(s) for s in record["scores"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FewShotError(f"{path} is not an evaluation record: {exc}") from exc
+        identity, scores = read_record(path)
         name = target.name if target.is_dir() else path.stem
-        data = (identity.get("config") or {}).get("data") or {}
-        data = {"name": data.get("name"), "options": data.get("options")}  # not its root: a folder, not the tasks
-        out.append(Scores(name, {"data": data, **{k: identity.get(k) for k in TASK_KEYS}}, scores))
+        out.append(Scores(name, record_tasks(identity), scores))
     return out
 
 

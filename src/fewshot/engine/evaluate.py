@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from fewshot.data.base import ClassDataset
 from fewshot.data.tasks import TaskSampler, episode_range
+from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method
+from fewshot.methods.base import Method, evaluating
 
 
 @dataclass
@@ -50,71 +47,48 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 def evaluate(
     method: Method, dataset: ClassDataset, way: int, shot: int, query: int = 15, episodes: int = 600, seed: int = 0,
-    progress: bool = False, record: Path | None = None, identity: dict[str, Any] | None = None, chunk: int = 50,
-    save_every: float = 30.0,
+    progress: bool = False, record: EvalRecord | None = None, chunk: int = 50, save_every: float = 30.0,
 ) -> EvalResult:
     """Score ``method`` on ``episodes`` fixed test tasks (the same tasks for every method with the same seed).
 
     Tasks go to ``method.predict`` in chunks of at most ``chunk``, sized from the measured time per task so that a
     chunk takes about ``save_every`` seconds: fast methods score 50 tasks per call, while a language model that
-    needs seconds per task scores one or a few. With ``record``, each finished chunk's per-episode scores are saved
-    there (atomically), and a later call with the same ``identity`` (whatever fixes the scores: checkpoint, config,
-    split) starts after the episodes already scored, so a killed evaluation loses at most one chunk (about
-    ``save_every`` seconds of work). A record with another identity is started afresh. Chunking never changes the
-    tasks or their scores: task ``i`` is the same for a given seed.
+    needs seconds per task scores one or a few. With ``record`` (:mod:`fewshot.engine.records`), each finished
+    chunk's per-episode scores are saved there, and a later call with the same record identity starts after the
+    episodes already scored, so a killed evaluation loses at most one chunk (about ``save_every`` seconds of work).
+    Chunking never changes the tasks or their scores: task ``i`` is the same for a given seed.
     """
     if chunk < 1 or save_every <= 0:
         raise FewShotError(f"chunk must be >= 1 and save_every > 0, got {chunk}, {save_every}")
-    identity = {**(identity or {}), "way": way, "shot": shot, "query": query, "seed": seed}
-    scores = _recorded_scores(record, identity)[:episodes]
+    scores = (record.scores() if record is not None else [])[:episodes]
     done = len(scores)
     if done:
-        print(f"continuing the evaluation after {done} recorded episodes ({record})", file=sys.stderr)
+        print(f"continuing the evaluation after {done} recorded episodes ({record.path})", file=sys.stderr)
     sampler = TaskSampler(dataset, way, shot, query, seed=seed)
     bar = None
     if progress and episodes > done:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=episodes - done, desc="eval", unit="task", leave=False)
-    was_training = method.training
-    method.eval()
+    device = method.device
     try:
-        device = getattr(method, "device", None)  # a Method knows its device; a duck-typed one is left alone
-        size = 1  # the first chunk measures the cost of a task
-        while len(scores) < episodes:
-            size = min(size, episodes - len(scores))
-            episode = episode_range(sampler, len(scores), size)
-            start = time.perf_counter()
-            logits = method.predict(episode if device is None else episode.to(device))
-            scores += (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
-            per_task = (time.perf_counter() - start) / size
-            if record is not None:
-                _write_record(record, identity, scores)
-            if bar is not None:
-                bar.update(size)
-            size = max(1, min(chunk, int(save_every / max(per_task, 1e-6))))
+        with evaluating(method):
+            size = 1  # the first chunk measures the cost of a task
+            while len(scores) < episodes:
+                size = min(size, episodes - len(scores))
+                episode = episode_range(sampler, len(scores), size)
+                start = time.perf_counter()
+                logits = method.predict(episode.to(device))
+                scores += (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
+                per_task = (time.perf_counter() - start) / size
+                if record is not None:
+                    record.write(scores)
+                if bar is not None:
+                    bar.update(size)
+                size = max(1, min(chunk, int(save_every / max(per_task, 1e-6))))
+            method.end_evaluation()
     finally:
-        method.train(was_training)
         if bar is not None:
             bar.close()
     mean, ci = mean_ci95(scores)
     return EvalResult(mean, ci, len(scores), way, shot, query, scores)
-
-
-def _recorded_scores(record: Path | None, identity: dict[str, Any]) -> list[float]:
-    if record is None or not record.is_file():
-        return []
-    try:
-        saved = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    if saved.get("identity") != identity:
-        return []
-    return [float(s) for s in saved.get("scores", [])]
-
-
-def _write_record(record: Path, identity: dict[str, Any], scores: list[float]) -> None:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"identity": identity, "episodes_done": len(scores), "scores": scores}) + "\n")
-    os.replace(tmp, record)

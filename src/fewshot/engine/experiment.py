@@ -1,12 +1,12 @@
-"""An experiment ties a config to data, a method, training batches and scoring; the engine only sees this.
+"""Kinds of run. An experiment ties a config to data, a method, training batches and scoring; the engine only sees
+the :class:`Experiment` contract, so one training loop, one checkpoint format and one CLI serve every kind.
 
-Every kind of run (episodic meta-training, domain adaptation, supervised pre-training, ...) provides the same
-small interface, so one training loop, one checkpoint format and one CLI serve them all.
+To add a kind: a class keeping :class:`Experiment`, and one line in ``fewshot.registry.EXPERIMENTS``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any, Protocol
 
 import torch
@@ -14,55 +14,78 @@ import torch
 from fewshot import registry
 from fewshot.config import RunConfig, component_options
 from fewshot.data.base import ClassDataset
-from fewshot.data.tasks import TaskSampler
+from fewshot.data.tasks import Episode, TaskSampler
 from fewshot.engine.evaluate import EvalResult, evaluate
+from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method
 
 
 class Experiment(Protocol):
+    """What the engine (training loop, scoring, CLI) relies on.
+
+    * ``config`` and ``method``: the run's validated config and the method it trains and scores.
+    * :meth:`batch` — the training batch of an iteration, a pure function of the iteration number (a resumed run
+      replays the same batches); ``None`` when the kind has nothing to train (the engine then skips the step).
+      Its type is one the method accepts (``Method.trains_on``); a kind checks that when it is built.
+    * :meth:`validate` — a score on the validation split (fixed episodes), to pick the best checkpoint.
+    * :meth:`test` — the published protocol on the test split (or ``split``); with ``record``, per-episode progress
+      is kept there so a killed evaluation continues (kinds that score in one pass may ignore it).
+    """
+
     config: RunConfig
     method: Method
 
-    def batch(self, iteration: int) -> Any:
-        """The training batch of ``iteration`` (deterministic: resuming replays the same batches)."""
+    def batch(self, iteration: int) -> Any: ...
 
-    def validate(self, episodes: int) -> EvalResult:
-        """Score on the validation split (fixed episodes)."""
+    def validate(self, episodes: int) -> EvalResult: ...
 
     def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
-             record: Path | None = None, identity: dict | None = None) -> EvalResult:
-        """Score on the test split (the published protocol); episodic protocols keep per-episode progress in
-        ``record`` (see :func:`fewshot.engine.evaluate.evaluate`)."""
+             record: EvalRecord | None = None) -> EvalResult: ...
 
 
 def build_experiment(config: RunConfig, root: str | None = None) -> Experiment:
     """The experiment a config describes; weights are initialised from ``config.train.seed``."""
     torch.manual_seed(config.train.seed)
     device = config.train.torch_device()  # fails early, before any loading, when the device is not there
-    experiment = registry.KINDS[config.kind].builder()(config, root)
+    experiment = registry.EXPERIMENTS[config.experiment].builder()(config, root)
     experiment.method.to(device)
     return experiment
 
 
+def method_class(config: RunConfig) -> type[Method]:
+    return registry.METHODS[config.method.name].builder()
+
+
 def build_method(config: RunConfig, out_features: int | None) -> Method:
     """Model + method from the config (``out_features`` is used only if the method needs a head)."""
-    method_cls = registry.METHODS[config.method.name].builder()
+    method_cls = method_class(config)
     model_options = component_options(config.model, registry.MODELS, "model")
     model = registry.MODELS[config.model.name].builder()(model_options,
                                                          out_features if method_cls.needs_head else None)
     return method_cls(model, component_options(config.method, registry.METHODS, "method"))
 
 
+def build_dataset(config: RunConfig, split: str, root: str | None, **option_changes: Any) -> Any:
+    """Split ``split`` of the config's data set (``option_changes`` replace fields of its options)."""
+    options = component_options(config.data, registry.DATASETS, "data")
+    if option_changes:
+        options = dataclasses.replace(options, **option_changes)
+    return registry.DATASETS[config.data.name].builder()(split, root or config.data.root, options)
+
+
 class EpisodicExperiment:
     """Meta-train on N-way K-shot tasks from the train split; score on fixed val/test episodes."""
 
+    batch_type: type = Episode
+
     def __init__(self, config: RunConfig, root: str | None = None) -> None:
         self.config = config
-        self.root = root or config.data.root
+        self.root = root
         self._datasets: dict[str, ClassDataset] = {}
         train, test = config.train, config.eval
-        method_cls = registry.METHODS[config.method.name].builder()
+        method_cls = method_class(config)
+        method_cls.check_trains_on(self.batch_type, config.experiment)
         if method_cls.needs_head and train.way != test.way:
             raise FewShotError(f"{config.method.name} has an N-way output layer, so train.way ({train.way}) "
                                f"must equal eval.way ({test.way})")
@@ -71,9 +94,7 @@ class EpisodicExperiment:
 
     def dataset(self, split: str) -> ClassDataset:
         if split not in self._datasets:
-            entry = registry.DATASETS[self.config.data.name]
-            options = component_options(self.config.data, registry.DATASETS, "data")
-            self._datasets[split] = entry.builder()(split, self.root, options)
+            self._datasets[split] = build_dataset(self.config, split, self.root)
         return self._datasets[split]
 
     def batch(self, iteration: int) -> Any:
@@ -87,8 +108,7 @@ class EpisodicExperiment:
         return evaluate(self.method, self.dataset("val"), e.way, e.shot, e.query, episodes, seed=e.seed + 1)
 
     def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
-             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+             record: EvalRecord | None = None) -> EvalResult:
         e = self.config.eval
-        split = split or e.split
-        return evaluate(self.method, self.dataset(split), e.way, e.shot, e.query, episodes or e.episodes, seed=e.seed,
-                        progress=progress, record=record, identity={**(identity or {}), "split": split})
+        return evaluate(self.method, self.dataset(split or e.split), e.way, e.shot, e.query, episodes or e.episodes,
+                        seed=e.seed, progress=progress, record=record)

@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fewshot.io import atomic_write
+
 FIELDS = ["iteration", "phase", "loss", "accuracy", "ci95", "lr", "seconds"]
 
 
@@ -104,5 +106,5 @@ def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Pa
         lines += ["", "![curves](curves.png)"]
     lines += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
+    atomic_write(out, "\n".join(lines))
     return out

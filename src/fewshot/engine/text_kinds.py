@@ -1,8 +1,8 @@
 """Kinds of run for text classification (see :mod:`fewshot.engine.experiment` for the protocol).
 
 * ``text_episodic`` — the episodic experiment, plus it tells the method the class names of the split its episodes
-  come from (``method.use_class_names``), which a verbalizer needs to score label words. Methods without that hook
-  run exactly as under ``episodic``.
+  come from (the ``Method.set_class_names`` hook), which a verbalizer needs to score label words. Other methods
+  ignore the hook and run exactly as under ``episodic``.
 * ``text_all_classes`` — the intent-detection papers' K-shot setting: adapt on K examples of *every* class (the
   data set's ``all_classes`` setting, ``data.options.shot`` = K) and score on the whole official test set. There is
   no meta-training (``train.iterations: 0``). ``eval.episodes`` is the number of
@@ -12,30 +12,25 @@
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from pathlib import Path
-from typing import Any
-
 import torch
 
 from fewshot import registry
 from fewshot.config import RunConfig, component_options
 from fewshot.data.base import ClassDataset
 from fewshot.engine.evaluate import EvalResult, mean_ci95
-from fewshot.engine.experiment import EpisodicExperiment, build_method
+from fewshot.engine.experiment import EpisodicExperiment, build_dataset, build_method
+from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
+from fewshot.methods.base import evaluating
 
 
 class TextEpisodicExperiment(EpisodicExperiment):
     """Episodic meta-training and scoring; the method learns each split's class names."""
 
     def _names(self, split: str) -> None:
-        hook = getattr(self.method, "use_class_names", None)
-        if callable(hook):
-            hook(self.dataset(split).class_names)
+        self.method.set_class_names(self.dataset(split).class_names)
 
-    def batch(self, iteration: int) -> Any:
+    def batch(self, iteration: int) -> object:
         self._names("train")
         return super().batch(iteration)
 
@@ -44,9 +39,9 @@ class TextEpisodicExperiment(EpisodicExperiment):
         return super().validate(episodes)
 
     def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
-             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+             record: EvalRecord | None = None) -> EvalResult:
         self._names(split or self.config.eval.split)
-        return super().test(episodes, split, progress, record, identity)
+        return super().test(episodes, split, progress, record)
 
 
 class AllClassesExperiment:
@@ -54,20 +49,18 @@ class AllClassesExperiment:
 
     def __init__(self, config: RunConfig, root: str | None = None) -> None:
         self.config = config
-        self.root = root or config.data.root
+        self.root = root
         options = component_options(config.data, registry.DATASETS, "data")
         if getattr(options, "setting", "all_classes") != "all_classes":
             raise FewShotError(f"kind 'text_all_classes' needs data.options.setting: all_classes, got "
                                f"{options.setting!r}")
         self.options = options
         self.method = build_method(config, None)
-        self.seconds: dict[str, float] = {}
 
     def dataset(self, split: str, sample_seed: int | None = None) -> ClassDataset:
-        options = self.options
-        if sample_seed is not None and hasattr(options, "sample_seed"):
-            options = dataclasses.replace(options, sample_seed=sample_seed)
-        return registry.DATASETS[self.config.data.name].builder()(split, self.root, options)
+        if sample_seed is not None and hasattr(self.options, "sample_seed"):
+            return build_dataset(self.config, split, self.root, sample_seed=sample_seed)
+        return build_dataset(self.config, split, self.root)
 
     def batch(self, iteration: int) -> None:
         return None
@@ -77,35 +70,20 @@ class AllClassesExperiment:
         evaluation = self.dataset(split)
         texts, labels = evaluation.flat()
         scores = []
-        was = self.method.training
-        self.method.eval()
-        adapt_s = predict_s = 0.0
-        try:
+        with evaluating(self.method):
             for draw in range(draws):
                 train = self.dataset("train", base + draw)
                 if list(train.class_names) != list(evaluation.class_names):
                     raise FewShotError(f"the train and {split} splits have different classes")
                 support_x, support_y = train.flat()
-                hook = getattr(self.method, "use_class_names", None)
-                kwargs = {"class_names": train.class_names} if callable(hook) else {}
-                start = time.perf_counter()
-                predictor = self.method.adapt(support_x, support_y, len(train.class_names), **kwargs)
-                adapt_s += time.perf_counter() - start
-                start = time.perf_counter()
+                self.method.set_class_names(train.class_names)
+                predictor = self.method.adapt(support_x, support_y, len(train.class_names))
                 with torch.no_grad():
                     logits = torch.cat([predictor(texts[i : i + 512]) for i in range(0, len(texts), 512)])
-                predict_s += time.perf_counter() - start
                 scores.append(float((logits.argmax(-1).cpu() == labels).float().mean()))
                 if progress:
-                    print(f"draw {draw}: {100 * scores[-1]:.2f}% ({adapt_s:.1f} s adapting, {predict_s:.1f} s "
-                          f"predicting so far)", flush=True)
-            cache = getattr(self.method, "cache", None)  # feature extraction: keep the embeddings for later runs
-            store = cache() if callable(cache) else None
-            if store is not None and hasattr(store, "save"):
-                store.save()
-        finally:
-            self.method.train(was)
-        self.seconds = {"adapt": adapt_s / draws, "predict": predict_s / draws}
+                    print(f"draw {draw}: {100 * scores[-1]:.2f}%", flush=True)
+            self.method.end_evaluation()
         mean, ci = mean_ci95(scores)
         return EvalResult(mean, ci, len(scores), len(evaluation.class_names),
                           getattr(self.options, "shot", 0), len(texts), scores)
@@ -114,6 +92,6 @@ class AllClassesExperiment:
         return self._score("val", 1)
 
     def test(self, episodes: int | None = None, split: str | None = None, progress: bool = False,
-             record: Path | None = None, identity: dict | None = None) -> EvalResult:
+             record: EvalRecord | None = None) -> EvalResult:
         """All-classes scoring: one pass over the test set, nothing to record (``record`` is ignored)."""
         return self._score(split or self.config.eval.split, episodes or self.config.eval.episodes, progress)

@@ -79,7 +79,7 @@ def train(
     params = method.meta_parameters()
     optimizer = make_optimizer(params, cfg)
     ckpt_dir = run_dir / "checkpoints"
-    start, best, best_it = 0, -1.0, -1
+    start, best, best_it, wall_before = 0, -1.0, -1, 0.0
     if resume:
         if not (ckpt_dir / LAST).exists():
             raise FewShotError(f"cannot resume: {ckpt_dir / LAST} does not exist")
@@ -92,6 +92,7 @@ def train(
             torch.set_rng_state(ckpt.rng)
         start = ckpt.iteration
         best, best_it = ckpt.extra.get("best_val_accuracy", -1.0), ckpt.extra.get("best_val_iteration", -1)
+        wall_before = float(ckpt.extra.get("wall_seconds", 0.0))
     else:
         if (ckpt_dir / LAST).exists():
             raise FewShotError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
@@ -107,7 +108,6 @@ def train(
 
         bar = tqdm(total=cfg.iterations, initial=start, desc=config.name, unit="it", dynamic_ncols=True)
     began = time.perf_counter()
-    wall_before = _previous_wall(ckpt_dir / LAST) if resume else 0.0
     status = "running"
 
     def save(path: Path, iteration: int) -> None:
@@ -124,14 +124,16 @@ def train(
             lr = learning_rate(cfg, it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = batch_to(experiment.batch(it), device)
-            optimizer.zero_grad(set_to_none=True)
-            with bf16_autocast(device_type, cfg.precision == "bf16", "train.precision"):
-                metrics = method.meta_gradient(batch)
-            _check_finite(metrics, params, it, ckpt_dir / LAST)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            batch = experiment.batch(it)
+            metrics = {"loss": 0.0}
+            if batch is not None:  # None: this kind of run has nothing to train
+                optimizer.zero_grad(set_to_none=True)
+                with bf16_autocast(device_type, cfg.precision == "bf16", "train.precision"):
+                    metrics = method.training_gradient(batch_to(batch, device))
+                _check_finite(metrics, params, it, ckpt_dir / LAST)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
             done = it + 1
             if done % cfg.log_every == 0 or done == end:
                 logger.log({"iteration": done, "phase": "train", "lr": lr,
@@ -169,7 +171,7 @@ def train(
         logger.close()
         wall = wall_before + time.perf_counter() - began
         plot_curves(run_dir)
-        summary = {"name": config.name, "method": config.method.name, "kind": config.kind,
+        summary = {"name": config.name, "method": config.method.name, "experiment": config.experiment,
                    "iterations": cfg.iterations, "wall_seconds": round(wall, 1), "status": status,
                    "best_val_accuracy": best, "best_val_iteration": best_it,
                    "command": " ".join(shlex.quote(a) for a in sys.argv)}
@@ -210,14 +212,8 @@ def _check_finite(metrics: dict[str, float], params: list[torch.nn.Parameter], i
 
 def _check_same_config(saved: dict, config: RunConfig) -> None:
     current = config.to_dict()
-    for section in ("data", "model", "method", "kind"):
+    for section in ("data", "model", "method", "experiment"):
         if saved.get(section) != current.get(section):
             raise FewShotError(f"cannot resume: the checkpoint's {section} config differs from this run's "
                                f"({saved.get(section)} vs {current.get(section)})")
 
-
-def _previous_wall(path: Path) -> float:
-    try:
-        return float(load_checkpoint(path).extra.get("wall_seconds", 0.0))
-    except FewShotError:
-        return 0.0

@@ -1,40 +1,58 @@
-"""The small interface every method shares: adapt on a support set, predict on a query set.
+"""The contract every method keeps, and the only thing the engine, the CLI and ``classify`` know about methods.
 
-Meta-training is the same for all of them: :meth:`Method.meta_gradient` fills the ``.grad`` of the
-meta-parameters from a batch of tasks and returns metrics; the engine's optimizer then takes the step.
+A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot.registry`). What the engine relies on:
+
+* :meth:`Method.adapt` — adapt to one task from its labelled support set (labels ``0..way-1``) and return a
+  predictor: query inputs -> logits ``[queries, way]``. It must not change the method's own weights, and each
+  query's answer must not depend on the other queries passed with it unless the method says it is transductive.
+* :meth:`Method.predict` — logits ``[tasks, N*Q, N]`` for a batch of tasks (an :class:`Episode`); the default adapts
+  task by task, a method may batch the tasks (same results).
+* :meth:`Method.training_gradient` — one training step: fill ``.grad`` of :meth:`meta_parameters` from one batch
+  and return metrics (``loss`` at least, ``accuracy`` where it means something). The engine's optimizer then steps.
+  Which batches a method trains on is :attr:`Method.trains_on` (episodes for meta-learners, labelled batches for
+  supervised pre-training, domain batches for DANN); a kind of run checks it before training starts.
+* hooks with no-op defaults: :meth:`set_class_names` (the class names of the data set whose tasks come next, for
+  methods that read label words), :meth:`set_training_classes` (ordinary classification over all training classes
+  is about to start), :meth:`end_evaluation` (an evaluation finished: persist caches).
+
 Methods know nothing about files, logging or the command line.
 """
 
 from __future__ import annotations
 
-import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from fewshot.data.tasks import Episode
+from fewshot.errors import FewShotError
+from fewshot.models.base import module_device
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+Predictor = Callable[[Any], torch.Tensor]
 """Maps query inputs to logits ``[queries, way]`` for the task it was adapted to."""
 
 
 class Method(nn.Module, ABC):
-    """A few-shot learner: ``adapt(support) -> predictor``, and ``meta_gradient(tasks)`` to meta-train it."""
+    """A few-shot learner: ``adapt(support) -> predictor``, and ``training_gradient(batch)`` to train it."""
 
-    name: str = "method"
-    needs_head: bool = True
-    """Whether the model needs an N-way output layer (False for metric methods that use embeddings)."""
+    name: ClassVar[str] = "method"
+    needs_head: ClassVar[bool] = True
+    """Whether the model is built with an N-way output layer (``out_features = way``), whose way is then fixed;
+    False for methods that put their own classifier on the backbone's features."""
+    trains_on: ClassVar[tuple[type, ...]] = (Episode,)
+    """The batch types :meth:`training_gradient` accepts (:class:`Episode`, ``LabelledBatch``, ``DomainBatch``)."""
 
     @abstractmethod
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
         """Adapt to one task from its support set; returns a function from query inputs to logits."""
 
     @abstractmethod
-    def meta_gradient(self, episode: Episode) -> dict[str, float]:
-        """Accumulate meta-gradients for a batch of tasks into ``.grad``; return ``loss`` and ``accuracy``."""
+    def training_gradient(self, batch: Any) -> dict[str, float]:
+        """Accumulate the gradient of one training batch into ``.grad``; return ``loss`` (and ``accuracy``)."""
 
     @property
     def device(self) -> torch.device:
@@ -54,17 +72,51 @@ class Method(nn.Module, ABC):
                 out.append(predictor(episode.query_x[t]))
         return torch.stack(out)
 
+    # --- hooks: no-ops unless a method needs them ------------------------------------------------------------------
 
-def module_device(module: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (CPU if it has none)."""
-    for tensor in itertools.chain(module.parameters(), module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    def set_class_names(self, names: Sequence[str] | None) -> None:
+        """The class names of the data set whose tasks come next: an episode's ``classes`` index into them, and a
+        support set labelled ``0..way-1`` with ``way == len(names)`` is read in their order."""
+
+    def set_training_classes(self, num_classes: int) -> None:
+        """Ordinary classification over ``num_classes`` training classes is about to start (``LabelledBatch``)."""
+
+    def end_evaluation(self) -> None:
+        """An evaluation has finished (persist whatever a method caches across tasks)."""
+
+    @classmethod
+    def check_trains_on(cls, batch_type: type, kind: str) -> None:
+        """A clear error when this method cannot train on ``batch_type`` batches (what the kind ``kind`` makes);
+        a kind with nothing to train (``None`` batches) takes any method."""
+        if batch_type is not type(None) and not issubclass(batch_type, cls.trains_on):
+            accepted = ", ".join(t.__name__ for t in cls.trains_on) or "nothing"
+            raise FewShotError(f"kind {kind!r} trains on {batch_type.__name__} batches, but method {cls.name!r} "
+                               f"trains on {accepted}")
 
 
-def to_device(x: Any, device: torch.device) -> Any:
-    """A tensor moved to ``device``; anything else (a list of strings, say) as it is."""
-    return x.to(device) if isinstance(x, torch.Tensor) else x
+@runtime_checkable
+class DomainClassifier(Protocol):
+    """A method that classifies inputs into a data set's own fixed classes (what the domain-adaptation kind scores).
+
+    ``num_classes`` is the number of those classes and ``target_shots`` how many labelled target examples per class
+    it trains with (0: none, -1: all).
+    """
+
+    num_classes: int
+    target_shots: int
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -29,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.batches import DomainBatch
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.heads import cosine_class_means, cosine_logits
+from fewshot.models.base import feature_dim
 
 MODES = ("dann", "source_only", "target_only")
 
@@ -62,52 +65,6 @@ def lr_factor(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float
     return 1.0 / (1.0 + alpha * progress) ** beta
 
 
-class DigitsCNN(nn.Module):
-    """The paper's MNIST feature extractor (conv 5x5x32, max-pool, conv 5x5x48, max-pool), for 16x16 or 28x28."""
-
-    def __init__(self, image_size: int = 16, in_channels: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)
-        self.conv2 = nn.Conv2d(32, 48, 5, padding=2)
-        side = image_size // 4
-        self.feature_dim = 48 * side * side
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.unsqueeze(1)
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return x.flatten(1)
-
-
-@dataclass
-class DigitsCNNConfig:
-    image_size: int = 16
-    in_channels: int = 1
-
-    def __post_init__(self) -> None:
-        if self.image_size < 4 or self.image_size % 4:
-            raise FewShotError(f"model.image_size must be a multiple of 4, got {self.image_size}")
-
-
-def build_digits_cnn(options: DigitsCNNConfig, out_features: int | None) -> DigitsCNN:
-    """Registry builder (the DANN method adds its own label classifier and discriminator)."""
-    return DigitsCNN(options.image_size, options.in_channels)
-
-
-@dataclass
-class DomainBatch:
-    """One training step's data: labelled source, unlabelled target, labelled target (may be empty)."""
-
-    source_x: torch.Tensor
-    source_y: torch.Tensor
-    target_x: torch.Tensor
-    labelled_x: torch.Tensor
-    labelled_y: torch.Tensor
-    progress: float
-    """Training progress p in [0, 1] (drives both schedules)."""
-
-
 @dataclass
 class DANNConfig:
     mode: str = "dann"
@@ -137,25 +94,30 @@ class DANN(Method):
 
     name = "dann"
     needs_head = False
+    trains_on = (DomainBatch,)
 
     def __init__(self, model: nn.Module, config: DANNConfig | None = None) -> None:
         super().__init__()
         self.config = config or DANNConfig()
-        dim = getattr(model, "feature_dim", None)
-        if dim is None:
-            raise FewShotError(f"DANN needs a feature extractor with a feature_dim, got {type(model).__name__}")
+        dim = feature_dim(model)
         h = self.config.hidden
         self.features = model
         self.classifier = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                                         nn.Linear(h, self.config.num_classes))
         self.discriminator = nn.Sequential(nn.Linear(dim, h), nn.ReLU(), nn.Linear(h, 1))
 
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def target_shots(self) -> int:
+        return self.config.target_shots
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
-    def meta_gradient(self, batch: DomainBatch) -> dict[str, float]:
-        if not isinstance(batch, DomainBatch):
-            raise FewShotError("DANN trains on domain batches: use kind 'domain_adaptation'")
+    def training_gradient(self, batch: DomainBatch) -> dict[str, float]:
         cfg = self.config
         p = min(max(batch.progress, 0.0), 1.0)
         lambd = cfg.lambda_max * lambda_schedule(p, cfg.gamma) if cfg.mode == "dann" else 0.0
@@ -187,7 +149,5 @@ class DANN(Method):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """For N-way episodes: cosine nearest class mean on the (domain-invariant) features."""
         with torch.no_grad():
-            z = F.normalize(self.features(support_x.to(self.device)), dim=-1)
-            onehot = F.one_hot(support_y.to(z.device), way).to(z.dtype)
-            means = F.normalize(onehot.T @ z / onehot.sum(0).clamp(min=1).unsqueeze(-1), dim=-1)
-        return lambda query_x: 10.0 * F.normalize(self.features(query_x.to(z.device)), dim=-1) @ means.T
+            means = cosine_class_means(self.features(support_x.to(self.device)), support_y, way)
+        return lambda query_x: cosine_logits(self.features(query_x.to(means.device)), means, 10.0)

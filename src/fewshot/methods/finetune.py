@@ -7,7 +7,7 @@ does), the frozen bottom is run once per task and its output reused at every ste
 fine-tuning of a large network affordable on a CPU.
 
 The backbone is any ``nn.Module`` from a batch of inputs to ``[B, D]`` features; inputs may be tensors or Python
-lists (e.g. of strings) — they are only ever indexed with :func:`~fewshot.methods.features.take`.
+lists (e.g. of strings) — they are only ever indexed with :func:`~fewshot.data.inputs.take`.
 The method's own backbone is never modified: each task trains a deep copy, so tasks do not leak into each other.
 Batch norm runs with the backbone's stored statistics by default (``freeze_bn``): a 5-image support set gives
 useless batch statistics.
@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.inputs import batch_len, take, to_device
 from fewshot.errors import FewShotError
-from fewshot.methods.base import to_device
-from fewshot.methods.features import TransferMethod, batch_len, embed, take
-from fewshot.methods.protonet import prototypes
+from fewshot.methods.heads import prototype_head
+from fewshot.methods.transfer import TransferMethod
+from fewshot.models.base import embed
 
 OPTIMIZERS = ("sgd", "adam")
 HEAD_INITS = ("random", "prototypes")
@@ -193,16 +194,4 @@ class FineTune(TransferMethod):
             loss.backward()
             optimizer.step()
         return head
-
-
-def prototype_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, way: int) -> None:
-    """Set ``head`` to the nearest-class-mean classifier: logits = −‖f − mean_k‖² + ‖f‖² (the last term is the same
-    for every class, so the arg-max is the nearest mean)."""
-    missing = sorted(set(range(way)) - set(labels.tolist()))
-    if missing:
-        raise FewShotError(f"head_init=prototypes needs an example of every class; classes {missing} have none")
-    means = prototypes(feats, labels, way).to(head.weight.dtype)
-    with torch.no_grad():
-        head.weight.copy_(2 * means)
-        head.bias.copy_(-(means**2).sum(1))
 

@@ -5,11 +5,14 @@ the adapted weights.
 
 Two implementations give the same meta-gradients (to float tolerance; ``tests/test_maml_fast.py``):
 
-* the fast path (default for :class:`~fewshot.models.conv4.Conv4`): ``task_chunk`` tasks at a time run as one
-  network whose convolutions are grouped by task (``Conv4.forward_tasks``), each task with its own fast weights and
-  its own batch-norm statistics; one backward per chunk. Memory is that of one chunk (times the inner steps).
+* the fast path (default when the model offers the task-batched capability, :class:`fewshot.models.base.TaskBatched`,
+  as Conv-4 does): ``task_chunk`` tasks at a time run as one network (Conv-4 groups its convolutions by task), each
+  task with its own fast weights and its own batch-norm statistics; one backward per chunk. Memory is that of one
+  chunk (times the inner steps).
 * the reference (``reference=True``, and any other model): a plain loop over tasks, each task's graph freed by its
   own backward, so memory is that of one task.
+
+The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.models.conv4 import Conv4
+from fewshot.models.base import TaskBatched, batches_tasks, require_functional
 
 
 @dataclass
@@ -72,7 +75,7 @@ def inner_loop(
 
 
 def inner_loop_tasks(
-    model: Conv4,
+    model: TaskBatched,
     params: Sequence[torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -100,6 +103,7 @@ class MAML(Method):
 
     def __init__(self, model: nn.Module, config: MAMLConfig | None = None) -> None:
         super().__init__()
+        require_functional(model, "MAML")
         self.model = model
         self.config = config or MAMLConfig()
         self.inner_lrs: nn.ParameterList | None = None
@@ -114,13 +118,13 @@ class MAML(Method):
         return [self.config.inner_lr] * len(self.model.meta_parameters())
 
     def fast_path(self, episode: Episode | None = None) -> bool:
-        """Whether the task-batched path applies (Conv-4 with a head and per-task batch statistics)."""
-        model = self.model
-        if self.config.reference or not isinstance(model, Conv4) or model.head is None or model.running_stats:
+        """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
+        if self.config.reference or not batches_tasks(self.model):
             return False
         return episode is None or isinstance(episode.support_x, torch.Tensor)
 
-    def meta_gradient(self, episode: Episode) -> dict[str, float]:
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
+        """The meta-gradient of a batch of tasks (second- or first-order), accumulated into ``.grad``."""
         if self.fast_path(episode):
             return self._meta_gradient_tasks(episode)
         return self.meta_gradient_reference(episode)

@@ -37,6 +37,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.heads import cosine_class_means
 
 INITS = ("random", "vocab")
 HEADS = ("class_mean", "linear")
@@ -54,8 +55,8 @@ class PromptConfig:
     """``random`` init: multiple of the word embeddings' standard deviation."""
     head: str = "class_mean"
     """Encoder head: ``class_mean`` (cosine, starts at the support class means) or ``linear`` (zero init)."""
-    scale: float = 10.0
-    """Temperature of the cosine head's logits."""
+    temperature: float = 10.0
+    """Multiplies the cosine head's logits."""
     steps: int = 10
     """Tuning steps on a new task's support set (evaluation)."""
     lr: float = 0.01
@@ -76,8 +77,8 @@ class PromptConfig:
         if self.steps < 0 or self.inner_steps < 1:
             raise FewShotError(f"method.steps must be >= 0 and inner_steps >= 1, got {self.steps}, "
                                f"{self.inner_steps}")
-        if not (self.lr > 0 and self.head_lr >= 0 and self.scale > 0 and self.init_scale > 0):
-            raise FewShotError("method.lr and method.scale must be > 0, method.head_lr >= 0")
+        if not (self.lr > 0 and self.head_lr >= 0 and self.temperature > 0 and self.init_scale > 0):
+            raise FewShotError("method.lr, method.temperature and method.init_scale must be > 0, method.head_lr >= 0")
 
 
 def initial_prompt(embeddings: nn.Embedding, length: int, init: str, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -132,8 +133,8 @@ class PromptTuning(Method):
     def meta_parameters(self) -> list[nn.Parameter]:
         return [self.prompt]
 
-    def use_class_names(self, names: Sequence[str] | None) -> None:
-        """Class names of the data set whose episodes come next (the verbalizer's label words)."""
+    def set_class_names(self, names: Sequence[str] | None) -> None:
+        """Class names of the data set whose tasks come next (the verbalizer's label words)."""
         self.class_names = list(names) if names is not None else None
 
     # --- one task -------------------------------------------------------------------------------------------------
@@ -141,9 +142,11 @@ class PromptTuning(Method):
     def _label_ids(self, way: int, names: Sequence[str] | None) -> list[list[int]] | None:
         if not self.verbalizer:
             return None
+        if names is None and self.class_names is not None and len(self.class_names) == way:
+            names = self.class_names  # a support set labelled in the data set's own class order
         if names is None:
             raise FewShotError("the SmolLM2 verbalizer scores label words: it needs the class names of the task "
-                               "(run it with kind 'text_episodic' or 'text_all_classes', or pass class_names)")
+                               "(run it with kind 'text_episodic' or 'text_all_classes', or call set_class_names())")
         if len(names) != way:
             raise FewShotError(f"{len(names)} class names for a {way}-way task")
         return self.model.label_token_ids(list(names))
@@ -160,12 +163,7 @@ class PromptTuning(Method):
             return [torch.zeros(way, dim, device=device, requires_grad=True),
                     torch.zeros(way, device=device, requires_grad=True)]
         with torch.no_grad():
-            z = self._features(x, prompt)
-            onehot = F.one_hot(y, way).to(z.dtype)
-            counts = onehot.sum(0)
-            if (counts == 0).any():
-                raise FewShotError(f"every one of the {way} classes needs a support example")
-            means = F.normalize(onehot.T @ z / counts.unsqueeze(-1), dim=-1)
+            means = cosine_class_means(self._features(x, prompt), y, way, normalized=True)
         return [means.clone().requires_grad_()]
 
     def logits(self, x: list[str], prompt: torch.Tensor, head: list[torch.Tensor],
@@ -176,7 +174,7 @@ class PromptTuning(Method):
         z = self._features(x, prompt)
         if self.config.head == "linear":
             return F.linear(z, head[0], head[1])
-        return self.config.scale * z @ head[0].T
+        return self.config.temperature * z @ head[0].T
 
     def tune(self, x: list[str], y: torch.Tensor, way: int, steps: int, names: Sequence[str] | None = None,
              start: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[list[int]] | None]:
@@ -215,7 +213,7 @@ class PromptTuning(Method):
         classes = episode.classes[t].tolist()
         if max(classes) >= len(self.class_names):
             raise FewShotError(f"the episode has class {max(classes)} but the method knows {len(self.class_names)} "
-                               f"class names: call use_class_names() with the names of the split it samples")
+                               f"class names: call set_class_names() with the names of the split it samples")
         return [self.class_names[c] for c in classes]
 
     def predict(self, episode: Episode, start: torch.Tensor | None = None) -> torch.Tensor:
@@ -229,11 +227,7 @@ class PromptTuning(Method):
 
     # --- meta-training --------------------------------------------------------------------------------------------
 
-    def meta_gradient(self, episode: Episode | None) -> dict[str, float]:
-        if episode is None:  # kinds without meta-training (text_all_classes): nothing to learn
-            return {"loss": 0.0, "accuracy": float("nan")}
-        if not isinstance(episode, Episode):
-            raise FewShotError("prompt meta-training takes episodes (kind 'episodic' or 'text_episodic')")
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
         tasks = episode.num_tasks
         grad = torch.zeros_like(self.prompt)
         total_loss, total_acc = 0.0, 0.0

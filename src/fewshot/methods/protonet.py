@@ -10,22 +10,13 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.heads import prototypes, squared_distance_logits
 
 
 @dataclass
 class ProtoNetConfig:
     pass
 
-
-def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, way: int) -> torch.Tensor:
-    """Class means ``[..., way, dim]`` of ``embeddings [..., n, dim]`` by ``labels [..., n]``."""
-    onehot = F.one_hot(labels, way).to(embeddings.dtype)
-    return (onehot.transpose(-1, -2) @ embeddings) / onehot.sum(-2).unsqueeze(-1)
-
-
-def squared_distance_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """``-||q - p||^2`` for every query and prototype: ``[..., q, dim] x [..., way, dim] -> [..., q, way]``."""
-    return -(queries.unsqueeze(-2) - protos.unsqueeze(-3)).pow(2).sum(-1)
 
 
 class ProtoNet(Method):
@@ -37,7 +28,7 @@ class ProtoNet(Method):
         self.model = model
         self.config = config or ProtoNetConfig()
 
-    def meta_gradient(self, episode: Episode) -> dict[str, float]:
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
         tasks, ns, nq = episode.num_tasks, episode.support_y.shape[1], episode.query_y.shape[1]
         x = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
         z = self.model(x)

@@ -4,9 +4,10 @@ Each task trains a copy of the weights with Adam (beta1 = 0, as the paper) on mi
 meta-gradient is ``theta - mean(phi)``, so the outer SGD step with learning rate ``epsilon`` is exactly Reptile's
 ``theta += epsilon * (mean(phi) - theta)`` (anneal ``epsilon`` with the engine's linear schedule, as the paper).
 
-For :class:`~fewshot.models.conv4.Conv4` the tasks of a meta-batch train together (``Conv4.forward_tasks``: the
-convolutions grouped by task, batch-norm statistics per task, Adam batched over tasks), on exactly the mini-batches
-the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to float tolerance).
+When the model offers the task-batched capability (:class:`fewshot.models.base.TaskBatched`, as Conv-4 does) the
+tasks of a meta-batch train together (each with its own weights and batch-norm statistics, Adam batched over tasks),
+on exactly the mini-batches the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to
+float tolerance). The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.models.conv4 import Conv4
+from fewshot.models.base import batches_tasks, require_functional
 
 QUERY_CHUNK = 8
 """Tasks per no-grad query forward on the fast path (bounds its memory)."""
@@ -51,14 +52,13 @@ class Reptile(Method):
 
     def __init__(self, model: nn.Module, config: ReptileConfig | None = None) -> None:
         super().__init__()
+        require_functional(model, "Reptile")
         self.model = model
         self.config = config or ReptileConfig()
 
     def fast_path(self, x: object) -> bool:
-        """Whether the task-batched path applies (Conv-4 with per-task batch statistics, tensor inputs)."""
-        model = self.model
-        return (not self.config.reference and isinstance(model, Conv4) and not model.running_stats
-                and isinstance(x, torch.Tensor))
+        """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
+        return not self.config.reference and batches_tasks(self.model) and isinstance(x, torch.Tensor)
 
     @staticmethod
     def schedule(size: int, steps: int, batch: int) -> list[torch.Tensor]:
@@ -125,7 +125,8 @@ class Reptile(Method):
                 optimizer.step()
         return [p.detach() for p in fast], float(loss.detach())
 
-    def meta_gradient(self, episode: Episode) -> dict[str, float]:
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
+        """Reptile's update ``theta - mean(phi)`` over a batch of tasks, accumulated into ``.grad``."""
         if not self.fast_path(episode.support_x):
             return self.meta_gradient_reference(episode)
         params = self.model.meta_parameters()

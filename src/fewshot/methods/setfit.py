@@ -32,9 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.inputs import batch_len, take, to_device
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Predictor, to_device
-from fewshot.methods.features import FeaturesConfig, TransferMethod, batch_len, embed, fit_classifier, take
+from fewshot.methods.base import Predictor
+from fewshot.methods.heads import ClassifierConfig, fit_classifier
+from fewshot.methods.transfer import TransferMethod
+from fewshot.models.base import embed
 
 SAMPLING = ("oversampling", "undersampling", "unique")
 
@@ -125,7 +128,7 @@ class SetFit(TransferMethod):
     def __init__(self, model: nn.Module, config: SetFitConfig | None = None) -> None:
         super().__init__(model)
         self.config = config or SetFitConfig()
-        self.head_config = FeaturesConfig(classifier="logreg", C=self.config.C)
+        self.head_config = ClassifierConfig(classifier="logreg", C=self.config.C)
 
     def tune_encoder(self, support_x: Any, support_y: torch.Tensor) -> tuple[nn.Module, list[float]]:
         """A contrastively tuned copy of the encoder (eval mode, frozen) and its loss per step."""

