@@ -28,7 +28,8 @@ from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.experiment import build_dataset, build_method, method_class
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
-from fewshot.methods.base import DomainClassifier, evaluating
+from fewshot.methods.base import DomainClassifier
+from fewshot.models.base import evaluating
 
 SPLITS = ("source", "target_train", "target_test")
 

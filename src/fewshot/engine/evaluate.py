@@ -13,7 +13,8 @@ from fewshot.data.base import ClassDataset
 from fewshot.data.tasks import TaskSampler, episode_range
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, evaluating
+from fewshot.methods.base import Method
+from fewshot.models.base import evaluating
 
 
 @dataclass

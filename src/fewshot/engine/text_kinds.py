@@ -21,7 +21,7 @@ from fewshot.engine.evaluate import EvalResult, mean_ci95
 from fewshot.engine.experiment import EpisodicExperiment, build_dataset, build_method
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
-from fewshot.methods.base import evaluating
+from fewshot.models.base import evaluating
 
 
 class TextEpisodicExperiment(EpisodicExperiment):

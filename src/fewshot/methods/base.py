@@ -21,8 +21,7 @@ Methods know nothing about files, logging or the command line.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -106,17 +105,6 @@ class DomainClassifier(Protocol):
     target_shots: int
 
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
-
-
-@contextmanager
-def evaluating(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode for the block, then back in the mode it was in."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

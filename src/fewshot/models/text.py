@@ -27,6 +27,7 @@ from torch import nn
 from fewshot.errors import FewShotError
 from fewshot.hardware import PRECISIONS, bf16_autocast
 from fewshot.io import cache_dir
+from fewshot.models.base import evaluating
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -172,12 +173,8 @@ class MiniLMEncoder(nn.Module):
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         """Embeddings without gradient, in eval mode (no dropout)."""
-        was = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return self.features(texts)
-        finally:
-            self.train(was)
 
 
 def smollm2_gguf() -> Path:

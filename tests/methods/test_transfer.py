@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.inputs import take
 from fewshot.data.tasks import TaskSampler
 from fewshot.engine.evaluate import evaluate
 from fewshot.errors import FewShotError
-from fewshot.data.inputs import take
 from fewshot.hashing import item_keys
 from fewshot.methods.features import FeatureExtraction, FeaturesConfig
 from fewshot.methods.finetune import FineTune, FineTuneConfig

@@ -16,7 +16,7 @@ from fewshot.data.text import NUM_INTENTS, ensure_files, load_official, split_in
 from fewshot.errors import FewShotError
 
 NAMES = ("clinc150", "banking77", "hwu64")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
