@@ -18,6 +18,7 @@ import torch
 from fewshot.config import RunConfig
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import build_experiment
+from fewshot.engine.scoring import load_weights, score
 
 PAPER = {  # Omniglot accuracies (%) as published: 5w1s, 5w5s, 20w1s, 20w5s
     "maml": {"5w1s": 98.7, "5w5s": 99.9, "20w1s": 95.8, "20w5s": 98.9},
@@ -41,9 +42,9 @@ def evaluate_zoo(zoo: Path, episodes: int, root: str | None) -> list[dict]:
         ckpt = load_checkpoint(path)
         config = RunConfig.from_dict(ckpt.config)
         experiment = build_experiment(config, root)
-        experiment.method.load_state_dict(ckpt.weights)
+        load_weights(experiment.method, ckpt.weights, path)
         start = time.perf_counter()
-        result = experiment.test(episodes)
+        result = score(experiment, episodes=episodes)
         cell = f"{config.eval.way}w{config.eval.shot}s"
         variant = "fomaml" if config.method.options.get("first_order") else config.method.name
         rows.append({"checkpoint": str(path), "recipe": config.name, "method": variant, "cell": cell,

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import load_config
+from fewshot.engine import scoring
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import train
 
@@ -65,8 +66,7 @@ def main() -> None:
         result = train(experiment, run_dir, resume=i > 0, progress=False, time_limit=max(1e-9, 60 * mark - trained))
         trained = result.wall_seconds
         began = time.perf_counter()
-        with torch.random.fork_rng():
-            score = experiment.test(args.episodes)
+        score = scoring.score(experiment, episodes=args.episodes)
         points.append({"minutes": mark, "train_seconds": round(result.wall_seconds, 1),
                        "iterations": result.iterations, "accuracy": score.accuracy, "ci95": score.ci95,
                        "episodes": score.episodes, "eval_seconds": round(time.perf_counter() - began, 1)})

@@ -6,8 +6,10 @@ import hashlib
 import os
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from fewshot.errors import FewShotError
+from fewshot.io import atomic_write
 
 
 def file_digest(path: Path, algorithm: str = "md5") -> str:
@@ -19,23 +21,22 @@ def file_digest(path: Path, algorithm: str = "md5") -> str:
 
 
 def download(url: str, dest: Path, md5: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` (atomically) and check its md5."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+    """Download ``url`` to ``dest`` (atomically: ``dest`` appears only once complete and checked) and check its md5."""
+
+    def fetch(out: BinaryIO) -> None:
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=60) as response:
             while block := response.read(1 << 20):
+                digest.update(block)
                 out.write(block)
+        if md5 is not None and digest.hexdigest() != md5:
+            raise FewShotError(f"{url} downloaded with md5 {digest.hexdigest()}, expected {md5}")
+
+    try:
+        return atomic_write(dest, fetch)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise FewShotError(f"could not download {url} to {dest}: {exc}. Put the file there by hand, "
                            "or point --data-root / FEWSHOT_DATA at a folder that has it") from exc
-    if md5 is not None and (got := file_digest(tmp)) != md5:
-        tmp.unlink()
-        raise FewShotError(f"{url} downloaded with md5 {got}, expected {md5}")
-    os.replace(tmp, dest)
-    return dest
-
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
