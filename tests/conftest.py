@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data (or $FEWSHOT_TEST_DATA)."""
+"""Shared fixtures: the real data in $FEWSHOT_TEST_DATA, else $FEWSHOT_DATA, else ../shared/data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("FEWSHOT_TEST_DATA") or REPO.parent / "shared" / "data")
+DATA_ROOT = Path(os.environ.get("FEWSHOT_TEST_DATA") or os.environ.get("FEWSHOT_DATA")
+                 or REPO.parent / "shared" / "data")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -17,7 +18,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "omniglot" / "images_background.zip").exists():
-        pytest.fail(f"real test data not found under {DATA_ROOT}; set FEWSHOT_TEST_DATA to the shared data folder")
+        pytest.fail(f"real test data not found under {DATA_ROOT}; set FEWSHOT_DATA to the shared data folder")
     return DATA_ROOT
 
 
