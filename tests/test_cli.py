@@ -107,3 +107,32 @@ def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_
         compare([load_scores(runs["proto"]), load_scores(five_shot)])
     assert len(load_scores(runs["fomaml"])) == 2  # a run folder offers every setting it was scored on
     assert main(["compare", str(runs["proto"]), str(tmp_path / "nowhere")]) == 2
+
+
+def test_each_command_reads_a_checkpoint_once_and_train_tests_what_it_trained(tmp_path, data_root, capsys,
+                                                                                 monkeypatch):
+    """``fewshot train`` scores the experiment it holds (its best weights, read once) and gets the figure ``fewshot
+    eval`` gets from the file; Reptile adapts with random mini-batches, so this also needs the fixed random state."""
+    import fewshot.engine.checkpoint as checkpoint
+
+    reads = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: reads.append(path.name) or real(path))
+    import fewshot.engine.train as engine_train
+
+    monkeypatch.setattr(engine_train, "load_checkpoint", checkpoint.load_checkpoint)
+    run = tmp_path / "run"
+    tiny = ["model.hidden=16", "train.meta_batch=2", "method.inner_steps=2", "method.inner_batch=5",
+            "method.test_inner_steps=3", "train.iterations=4", "train.val_every=2", "train.val_episodes=2",
+            "eval.episodes=6", "eval.shot=3", "method.test_inner_batch=5", "train.threads=1",
+            "data.options.rotations=false"]
+    args = ["--out", str(run), "--data-root", str(data_root), "--no-progress"]
+    assert main(["train", "omniglot_5w1s_reptile", *tiny, "--stop-after", "2", *args]) == 0
+    assert reads == []  # a fresh run reads no checkpoint
+    assert main(["train", str(run), "--resume", *args[2:]]) == 0
+    assert reads == ["last.safetensors", "best.safetensors"]  # resume once, test once
+    trained = json.loads((run / "test.json").read_text())["accuracy"]
+    reads.clear()
+    assert main(["eval", str(run), "--fresh", "--json", "--data-root", str(data_root)]) == 0
+    assert reads == ["best.safetensors"]
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] == trained
