@@ -75,6 +75,7 @@ MODELS: dict[str, Entry] = {
 METHODS: dict[str, Entry] = {
     "maml": Entry("fewshot.methods.maml:MAML", "fewshot.methods.maml:MAMLConfig",
                   "MAML, second- or first-order, optional Meta-SGD"),
+    "anil": Entry("fewshot.methods.anil:ANIL", "fewshot.methods.anil:ANILConfig", "ANIL: MAML adapting only the head"),
     "reptile": Entry("fewshot.methods.reptile:Reptile", "fewshot.methods.reptile:ReptileConfig", "Reptile"),
     "protonet": Entry("fewshot.methods.protonet:ProtoNet", "fewshot.methods.protonet:ProtoNetConfig",
                       "prototypical networks"),
