@@ -75,9 +75,11 @@ MODELS: dict[str, Entry] = {
 METHODS: dict[str, Entry] = {
     "maml": Entry("fewshot.methods.maml:MAML", "fewshot.methods.maml:MAMLConfig",
                   "MAML, second- or first-order, optional Meta-SGD"),
+    "anil": Entry("fewshot.methods.anil:ANIL", "fewshot.methods.anil:ANILConfig", "ANIL: MAML adapting only the head"),
     "reptile": Entry("fewshot.methods.reptile:Reptile", "fewshot.methods.reptile:ReptileConfig", "Reptile"),
     "protonet": Entry("fewshot.methods.protonet:ProtoNet", "fewshot.methods.protonet:ProtoNetConfig",
                       "prototypical networks"),
+    "metaoptnet": Entry("fewshot.methods.metaoptnet:MetaOptNet", "fewshot.methods.metaoptnet:MetaOptNetConfig", "R2D2"),
     "finetune": Entry("fewshot.methods.finetune:FineTune", "fewshot.methods.finetune:FineTuneConfig",
                       "fine-tuning (all layers / top k blocks / head only) with a new N-way head per task"),
     "setfit": Entry("fewshot.methods.setfit:SetFit", "fewshot.methods.setfit:SetFitConfig",

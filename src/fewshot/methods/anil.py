@@ -1,0 +1,216 @@
+"""ANIL, Almost No Inner Loop (Raghu, Raghu, Bengio & Vinyals 2020, "Rapid Learning or Feature Reuse? Towards
+Understanding the Effectiveness of MAML", ICLR 2020).
+
+MAML with the inner loop on the head alone: each task adapts only the output layer (the last two entries of
+``model.meta_parameters()``, weight and bias) by SGD on its support loss, starting from the meta-learned head; the
+body is frozen in the inner loop, so its features are computed once per task and reused at every inner step. The
+outer loop (the engine's optimizer) updates the body and the head's initialisation with the query loss of the
+adapted head, differentiating through the head updates (second order) unless ``first_order``.
+
+Two implementations give the same meta-gradients (to float tolerance; ``tests/methods/test_anil.py``):
+
+* the fast path (default when the model offers the task-batched capability, :class:`fewshot.models.base.TaskBatched`,
+  as Conv-4 does): the body features of ``task_chunk`` tasks come from one ``features_tasks`` pass (each task its
+  own batch statistics), then the head's inner loop runs for all of them at once as batched matrix products.
+* the reference (``reference=True``, and any other model): a plain loop over tasks with ``model.features``.
+
+The model must offer the functional forward of :class:`fewshot.models.base.Functional` and be built with an output
+layer; its logits are taken to be ``F.linear(features(x, params), params[-2], params[-1])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshot.data.tasks import Episode
+from fewshot.errors import FewShotError
+from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.models.base import batches_tasks, require_functional
+
+
+@dataclass
+class ANILConfig:
+    """The defaults are MAML's 5-way Omniglot hyper-parameters (Finn et al. 2017, as this library's MAML recipes),
+    which is what the paper does: it trains ANIL with MAML's settings unchanged, so that the two differ only in what
+    the inner loop adapts. One step at lr 0.4 is enough for a head whose initialisation is meta-learned for it;
+    evaluation takes more steps (10, as Finn's code). Head steps on frozen features cost almost nothing next to the
+    body's pass, so more steps (``inner_steps``) are cheap when a setting needs them."""
+
+    inner_steps: int = 1
+    """SGD steps on the head during meta-training."""
+    inner_lr: float = 0.4
+    test_inner_steps: int = 10
+    """Head steps at evaluation."""
+    first_order: bool = False
+    """Drop the terms through the head updates (the meta-gradient is the query gradient at the adapted head)."""
+    reference: bool = False
+    """Use the plain per-task loop instead of the task-batched fast path (same results, slower)."""
+    task_chunk: int = 8
+    """Fast path: tasks per batched pass (memory grows with it; 0 = the whole meta-batch)."""
+
+    def __post_init__(self) -> None:
+        for name in ("inner_steps", "test_inner_steps"):
+            if getattr(self, name) < 1:
+                raise FewShotError(f"method.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.inner_lr > 0:
+            raise FewShotError(f"method.inner_lr must be > 0, got {self.inner_lr}")
+        if self.task_chunk < 0:
+            raise FewShotError(f"method.task_chunk must be >= 0 (0: the whole meta-batch), got {self.task_chunk}")
+
+
+def head_loop(
+    features: torch.Tensor, y: torch.Tensor, head: Sequence[torch.Tensor], steps: int, lr: float,
+    create_graph: bool,
+) -> list[torch.Tensor]:
+    """``steps`` of SGD on ``cross_entropy(F.linear(features, w, b), y)`` for one task; returns ``[w, b]`` adapted.
+
+    ``features`` is ``[B, D]``, ``head`` is ``[w [N, D], b [N]]``.
+    """
+    fast = list(head)
+    for _ in range(steps):
+        loss = F.cross_entropy(F.linear(features, *fast), y)
+        grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
+        fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+    return fast
+
+
+def linear_tasks(features: torch.Tensor, head: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Logits ``[T, B, N]`` of features ``[T, B, D]`` through per-task heads ``w [T, N, D]``, ``b [T, N]``."""
+    w, b = head
+    return torch.baddbmm(b.unsqueeze(1), features, w.transpose(1, 2))
+
+
+def head_loop_tasks(
+    features: torch.Tensor, y: torch.Tensor, head: Sequence[torch.Tensor], steps: int, lr: float,
+    create_graph: bool,
+) -> list[torch.Tensor]:
+    """:func:`head_loop` for ``T`` tasks at once: ``features`` is ``[T, B, D]``, ``y`` is ``[T, B]``.
+
+    Every task starts from the shared ``head``; the adapted heads have a leading task dimension. The summed per-task
+    losses give each task its own gradient, since task ``t`` only touches its slice of the heads.
+    """
+    tasks, batch = y.shape
+    fast = [p.expand(tasks, *p.shape) for p in head]
+    for _ in range(steps):
+        logits = linear_tasks(features, fast)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch
+        grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
+        fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+    return fast
+
+
+class ANIL(Method):
+    name = "anil"
+    needs_head = True
+
+    def __init__(self, model: nn.Module, config: ANILConfig | None = None) -> None:
+        super().__init__()
+        require_functional(model, "ANIL")
+        if getattr(model, "head", None) is None:
+            raise FewShotError(f"ANIL adapts the model's output layer, but this {type(model).__name__} was built "
+                               "without one (out_features=None)")
+        self.model = model
+        self.config = config or ANILConfig()
+
+    def split(self, params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``(body, head)`` of a parameter list in ``meta_parameters()`` order: the head is the last two."""
+        return list(params[:-2]), list(params[-2:])
+
+    def fast_path(self, episode: Episode | None = None) -> bool:
+        """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
+        if self.config.reference or not batches_tasks(self.model):
+            return False
+        return episode is None or isinstance(episode.support_x, torch.Tensor)
+
+    def _chunks(self, tasks: int) -> list[slice]:
+        size = self.config.task_chunk or tasks
+        return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
+
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
+        """The meta-gradient of a batch of tasks (body and head initialisation), accumulated into ``.grad``."""
+        if self.fast_path(episode):
+            return self._meta_gradient_tasks(episode)
+        return self.meta_gradient_reference(episode)
+
+    def _meta_gradient_tasks(self, episode: Episode) -> dict[str, float]:
+        body, head = self.split(self.model.meta_parameters())
+        first_order = self.config.first_order
+        tasks = episode.num_tasks
+        total_loss, total_acc = 0.0, 0.0
+        for part in self._chunks(tasks):
+            query_y = episode.query_y[part]
+            size = query_y.shape[0]
+            body_tasks = [p.expand(size, *p.shape) for p in body]
+            with torch.set_grad_enabled(not first_order and torch.is_grad_enabled()):
+                support = self.model.features_tasks(episode.support_x[part], body_tasks)
+            fast = head_loop_tasks(support, episode.support_y[part], head, self.config.inner_steps,
+                                   self.config.inner_lr, create_graph=not first_order)
+            logits = linear_tasks(self.model.features_tasks(episode.query_x[part], body_tasks), fast)
+            losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(), reduction="none").view(query_y.shape)
+            loss = losses.mean(1).sum()
+            (loss / tasks).backward()
+            total_loss += loss.item()
+            total_acc += (logits.argmax(-1) == query_y).float().mean(1).sum().item()
+        return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
+
+    def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
+        """The plain implementation: one task at a time (what the fast path is tested against)."""
+        body, head = self.split(self.model.meta_parameters())
+        first_order = self.config.first_order
+        tasks = episode.num_tasks
+        total_loss, total_acc = 0.0, 0.0
+        for t in range(tasks):
+            with torch.set_grad_enabled(not first_order and torch.is_grad_enabled()):
+                support = self.model.features(episode.support_x[t], body)
+            fast = head_loop(support, episode.support_y[t], head, self.config.inner_steps, self.config.inner_lr,
+                             create_graph=not first_order)
+            logits = F.linear(self.model.features(episode.query_x[t], body), *fast)
+            loss = F.cross_entropy(logits, episode.query_y[t])
+            (loss / tasks).backward()
+            total_loss += loss.item()
+            total_acc += accuracy(logits, episode.query_y[t])
+        return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
+
+    def _detached(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Body and head as tensors cut from the method's weights (the head ready for the inner loop's gradients)."""
+        body, head = self.split([p.detach() for p in self.model.meta_parameters()])
+        return body, [p.requires_grad_() for p in head]
+
+    def _check_way(self, way: int, head: Sequence[torch.Tensor]) -> None:
+        if way != head[0].shape[0]:
+            raise FewShotError(f"ANIL's output layer has {head[0].shape[0]} classes, but the task has {way}")
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        """Adapt the head on the support features (``test_inner_steps``); the body stays the method's own."""
+        body, head = self._detached()
+        self._check_way(way, head)
+        with torch.no_grad():
+            support = self.model.features(support_x, body)
+        with torch.enable_grad():
+            fast = head_loop(support, support_y, head, self.config.test_inner_steps, self.config.inner_lr, False)
+        w, b = (p.detach() for p in fast)
+        return lambda query_x: F.linear(self.model.features(query_x, body), w, b)
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
+        if not self.fast_path(episode):
+            return super().predict(episode)
+        body, head = self._detached()
+        self._check_way(episode.way, head)
+        out = []
+        for part in self._chunks(episode.num_tasks):
+            size = episode.support_y[part].shape[0]
+            body_tasks = [p.expand(size, *p.shape) for p in body]
+            with torch.no_grad():
+                support = self.model.features_tasks(episode.support_x[part], body_tasks)
+                query = self.model.features_tasks(episode.query_x[part], body_tasks)
+            with torch.enable_grad():
+                fast = head_loop_tasks(support, episode.support_y[part], head, self.config.test_inner_steps,
+                                       self.config.inner_lr, create_graph=False)
+            out.append(linear_tasks(query, [p.detach() for p in fast]))
+        return torch.cat(out)
