@@ -59,6 +59,8 @@ class TrainConfig:
     """``step`` schedule: multiply the rate by ``gamma`` every ``step_size`` iterations."""
     gamma: float = 0.5
     weight_decay: float = 0.0
+    momentum: float = 0.0
+    """Momentum of the ``sgd`` optimizer (ignored by Adam and AdamW)."""
     grad_clip: float = 0.0
     """Clip the meta-gradient norm to this (0 = off)."""
     val_every: int = 500
@@ -112,6 +114,8 @@ class TrainConfig:
             raise FewShotError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not self.lr > 0:
             raise FewShotError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise FewShotError(f"train.momentum must be in [0, 1), got {self.momentum}")
 
 
 @dataclass
