@@ -1,6 +1,6 @@
 """Evaluate every model-zoo checkpoint on its recipe's fixed test episodes; write JSON and a markdown table.
 
-Usage: python bench/eval_zoo.py [--zoo zoo] [--episodes 600] [--out bench/out/zoo.json]
+Usage: python bench/eval_zoo.py [--zoo zoo] [--episodes 600] [--out bench/out/zoo.json] [--only GLOB]
 Also exports a run's best checkpoint into the zoo (weights + config, no optimizer state):
        python bench/eval_zoo.py --export runs/omniglot_5w1s_protonet
 """
@@ -36,9 +36,9 @@ def export(run_dir: Path, zoo: Path, which: str = "best") -> Path:
     return out
 
 
-def evaluate_zoo(zoo: Path, episodes: int, root: str | None) -> list[dict]:
+def evaluate_zoo(zoo: Path, episodes: int, root: str | None, only: str = "*") -> list[dict]:
     rows = []
-    for path in sorted(zoo.glob("*.safetensors")):
+    for path in sorted(zoo.glob(f"{only}.safetensors")):
         ckpt = load_checkpoint(path)
         config = RunConfig.from_dict(ckpt.config)
         experiment = build_experiment(config, root)
@@ -63,10 +63,11 @@ def main() -> None:
     parser.add_argument("--data-root")
     parser.add_argument("--out", type=Path, default=Path("bench/out/zoo.json"))
     parser.add_argument("--export", type=Path, nargs="*", help="run folders to export into the zoo first")
+    parser.add_argument("--only", default="*", help="evaluate only the checkpoints whose stem matches this glob")
     args = parser.parse_args()
     for run in args.export or []:
         print("exported", export(run, args.zoo))
-    rows = evaluate_zoo(args.zoo, args.episodes, args.data_root)
+    rows = evaluate_zoo(args.zoo, args.episodes, args.data_root, args.only)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                     "torch": torch.__version__, "threads": torch.get_num_threads(),
