@@ -49,9 +49,12 @@ class Functional(Protocol):
     """A backbone whose forward pass takes its weights as an argument (gradient-based meta-learning).
 
     ``meta_parameters()`` lists the trainable tensors in the order ``forward(x, params)`` takes them; when the model
-    has an output layer, its weight ``[out, feature_dim]`` and bias ``[out]`` are the last two. ``features(x,
-    params)`` runs the body only (the head's entries of ``params``, if present, are ignored). ``params=None`` means
-    the module's own weights. Batch statistics, where the model has batch norm, are those of the batch passed in.
+    has an output layer, its weight ``[out, feature_dim]`` and bias ``[out]`` are the last two, and the logits are
+    exactly ``F.linear(features(x, params), params[-2], params[-1])`` (ANIL adapts that layer on frozen features).
+    ``features(x, params)`` runs the body only: ``params`` may be the body's tensors alone or the whole list (the
+    head's entries are then ignored). ``params=None`` means the module's own weights. Batch statistics, where the
+    model has batch norm, are those of the batch passed in (unless the model keeps running statistics and is in eval
+    mode), so with per-batch statistics an input's output depends on the rest of its batch.
     """
 
     head: nn.Linear | None
@@ -67,7 +70,8 @@ class Functional(Protocol):
 class TaskBatched(Protocol):
     """Many tasks in one pass, each with its own weights: ``x`` is ``[tasks, batch, ...]`` and every tensor of
     ``params`` has a leading task dimension (``p.expand(tasks, *p.shape)`` of shared weights is fine). Results must
-    equal running :meth:`Functional.forward` task by task (to float tolerance), batch statistics included.
+    equal running :meth:`Functional.forward` task by task (to float tolerance), batch statistics included; like
+    :meth:`Functional.features`, ``features_tasks`` takes the body's tensors with or without the head's.
 
     ``batches_tasks`` says whether the capability applies to this instance (Conv-4 with running batch-norm
     statistics, for one, cannot keep them per task).
