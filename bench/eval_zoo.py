@@ -71,6 +71,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                     "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                    "interval": "student_t",  # ci95 = t(0.975, n - 1) s / sqrt(n)
                                     "results": rows}, indent=2) + "\n")
 
 

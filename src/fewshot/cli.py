@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from fewshot.errors import FewShotError
 
@@ -41,8 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors as every other error: one line, ``fewshot: error: ...``, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fewshot: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fewshot", description="Meta-learning and transfer learning from very few labelled examples.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -171,6 +179,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     target = args.target
     path = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
+    if target.is_dir() and not path.is_file():
+        kept = sorted(p.stem for p in (target / "checkpoints").glob("*.safetensors"))
+        raise FewShotError(f"{target} has no {args.checkpoint} checkpoint ({path}); it has "
+                           f"{', '.join(kept) if kept else 'none'}")
     ckpt = load_checkpoint(path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, args.overrides))
     config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
@@ -197,11 +209,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{first['data']['name']}, {first['way']}-way {first['shot']}-shot, {first['query']} queries, "
           f"{first['split']} split, seed "
           f"{first['seed']}: {first['episodes']} episodes shared by all runs")
-    width = max(len(r["run"]) for r in rows)
-    for row in rows:
-        line = f"{row['run']:<{width}}  {100 * row['accuracy']:6.2f} ± {100 * row['ci95']:.2f}"
+    labelled = any(r["settings"] != "as trained" for r in rows)  # a run scored under other settings: say which
+    labels = [f"{r['run']} [{r['settings']}]" if labelled else r["run"] for r in rows]
+    width = max(map(len, labels))
+    for label, row in zip(labels, rows):
+        line = f"{label:<{width}}  {100 * row['accuracy']:6.2f} ± {100 * row['ci95']:.2f}"
         if "difference" in row:
-            line += f"   {100 * row['difference']:+.2f} ± {100 * row['difference_ci95']:.2f} vs {first['run']}"
+            line += f"   {100 * row['difference']:+.2f} ± {100 * row['difference_ci95']:.2f} vs {labels[0]}"
         print(line)
     return 0
 

@@ -7,6 +7,8 @@ dataclass that the component registers (see :mod:`fewshot.registry`), so a typo 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1
+"""Seeds are 0 .. 2^32 - 1 (what every random generator fewshot seeds accepts, with room for per-iteration seeds)."""
 SCHEDULES = ("constant", "linear", "step", "cosine")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -106,8 +110,17 @@ class TrainConfig:
                      "step_size"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.query < 0 or self.val_episodes < 0:
-            raise FewShotError("train.query and train.val_episodes must be >= 0")
+        for name in ("query", "val_episodes", "threads"):
+            if getattr(self, name) < 0:
+                raise FewShotError(f"train.{name} must be >= 0, got {getattr(self, name)}"
+                                   + (" (0: leave torch's default)" if name == "threads" else ""))
+        for name in ("weight_decay", "grad_clip", "lr_final"):
+            if not getattr(self, name) >= 0:
+                raise FewShotError(f"train.{name} must be >= 0, got {getattr(self, name)}"
+                                   + (" (0: off)" if name == "grad_clip" else ""))
+        if not self.gamma > 0:
+            raise FewShotError(f"train.gamma must be > 0, got {self.gamma}")
+        check_seed("train.seed", self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise FewShotError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -128,8 +141,22 @@ class EvalConfig:
     split: str = "test"
 
     def __post_init__(self) -> None:
-        if min(self.way, self.shot, self.episodes) < 1 or self.query < 1:
-            raise FewShotError(f"eval needs way, shot, query, episodes >= 1; got {self}")
+        for name in ("way", "shot", "query", "episodes"):
+            if getattr(self, name) < 1:
+                raise FewShotError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        check_seed("eval.seed", self.seed)
+        check_split("eval.split", self.split)
+
+
+def check_split(key: str, split: str) -> None:
+    """A split is a plain name (``test``, ``target_test``): it also names evaluation record files."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
+        raise FewShotError(f"{key} must be a split name like test or val, got {split!r}")
+
+
+def check_seed(key: str, seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise FewShotError(f"{key} must be in 0 .. {MAX_SEED}, got {seed}")
 
 
 @dataclass
@@ -163,6 +190,9 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise FewShotError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    odd = [key for key in data if not isinstance(key, str)]
+    if odd:
+        raise FewShotError(f"{path or 'config'} has a key that is not a word: {odd[0]!r}")
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{path}." if path else ""
@@ -220,14 +250,19 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
                 pass
         raise FewShotError(f"{path} must be an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise FewShotError(f"{path} must be a number, got {value!r}")
+        if number is None:
+            raise FewShotError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise FewShotError(f"{path} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -296,7 +331,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise FewShotError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text else ""
+        value = parse_yaml(text, f"override {item!r}") if text else ""
         if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
             value = text.strip()  # YAML 1.1 reads off/on/yes/no as booleans; keep them as words (method.cache=off)
         path = _resolve_key(raw, key.strip())
@@ -371,12 +406,44 @@ def load_raw(source: str | Path) -> dict[str, Any]:
     if not path.exists():
         path = recipe_path(str(source))
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise FewShotError(f"{path} is not valid YAML: {exc}") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FewShotError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FewShotError(f"{path} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); save it as "
+                           f"UTF-8") from exc
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise FewShotError(f"{path} must contain a mapping")
     return raw
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases: a config is a small tree, and aliases can make a few hundred bytes expand to gigabytes
+    ("billion laughs"); anchors alone are harmless."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise FewShotError(f"{self.name}: line {event.start_mark.line + 1} uses the YAML alias *{event.anchor}; "
+                               f"fewshot configs do not take aliases: write the values out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` as YAML (safe types, no aliases); errors name ``source``."""
+    loader = _ConfigLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise FewShotError(f"{source} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError as exc:
+        raise FewShotError(f"{source} is nested too deeply to be a config") from exc
+    finally:
+        loader.dispose()
 
 
 def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -1,8 +1,9 @@
-"""Content hashes: of tensors (a model's weights), of inputs (an embedding cache's keys), of a module."""
+"""Content hashes: of tensors (a model's weights), of inputs (an embedding cache's keys), of a module, of a data set."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,4 +53,38 @@ def fingerprint(module: nn.Module) -> str:
     if precision != "fp32":
         digest.update(str(precision).encode())
     hash_tensors(digest, module.state_dict())
+    return digest.hexdigest()
+
+
+SAMPLE_PER_CLASS = 8
+"""Examples per class that :func:`dataset_fingerprint` reads (evenly spaced, the first and last included)."""
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """A hash of what a :class:`~fewshot.data.base.ClassDataset` holds, through its contract only: the class names
+    and sizes, and the content of up to :data:`SAMPLE_PER_CLASS` examples of every class (tensors or strings).
+
+    Cheap (a few thousand examples for Omniglot's test split) and enough to tell the data set apart from another
+    folder of images or sentences laid out the same way; a data set may offer its own ``fingerprint()`` instead.
+    """
+    own = getattr(dataset, "fingerprint", None)
+    if callable(own):
+        return str(own())
+    sizes = [int(n) for n in dataset.class_sizes.tolist()]
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update(json.dumps([list(map(str, dataset.class_names)), sizes]).encode())
+    classes, examples = [], []
+    for c, n in enumerate(sizes):
+        picks = sorted({round(i * (n - 1) / max(1, SAMPLE_PER_CLASS - 1)) for i in range(min(n, SAMPLE_PER_CLASS))})
+        classes += [c] * len(picks)
+        examples += picks
+    for start in range(0, len(classes), 2048):
+        batch = dataset.gather(torch.tensor(classes[start : start + 2048], dtype=torch.long),
+                               torch.tensor(examples[start : start + 2048], dtype=torch.long))
+        if isinstance(batch, torch.Tensor):
+            digest.update(f"{tuple(batch.shape)}{batch.dtype}".encode())
+            hash_tensors(digest, {"": batch})
+        else:
+            for key in item_keys(list(batch)):
+                digest.update(key)
     return digest.hexdigest()

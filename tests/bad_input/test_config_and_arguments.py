@@ -1,6 +1,7 @@
 """Bad configs, overrides and command-line arguments: a clean error naming the problem, or the correct result."""
 
 import json
+import time
 
 import pytest
 from bad_input_harness import Case, copy_run, judge, run_case
@@ -26,6 +27,20 @@ def _eval_run(*args: str):
         "eval", str(copy_run("protonet", data, folder / "run")), "--json", "train.threads=1", *args]
 
 
+def _eval_run_without_last(*args: str):
+    def setup(folder, data):
+        run = copy_run("protonet", data, folder / "run")
+        (run / "checkpoints" / "last.safetensors").unlink()
+        return ["eval", str(run), "--json", "train.threads=1", *args]
+
+    return setup
+
+
+BOMB = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB
+"""A "billion laughs" in 9 levels of 9 aliases: a few hundred bytes that expand to 9^9 strings."""
+
+
 def _episodes(n: int):
     def check(folder, out):
         assert json.loads(out.splitlines()[-1])["episodes"] == n
@@ -44,9 +59,66 @@ CASES = [
     Case("eval of a missing run", "config", lambda f, d: ["eval", "nowhere"], match="no checkpoint"),
     Case("eval of 3 episodes", "arguments", _eval_run("--episodes", "3"), expect="ok", check=_episodes(3),
          may_change=("run/checkpoints/eval/*",)),
+    # values the dataclasses refuse, naming the key
+    Case("no queries for a method that trains on them", "config", _train_with("train.query=0"),
+         match=r"train\.query is 0 but method 'protonet' trains on query examples"),
+    Case("negative thread count", "config", _train_with("train.threads=-1"), match=r"train\.threads must be >= 0"),
+    Case("negative weight decay", "config", _train_with("train.weight_decay=-1"),
+         match=r"train\.weight_decay must be >= 0"),
+    Case("absurd image size", "config", _train_with("data.size=100000"), match=r"data\.size must be in 8 \.\. 105"),
+    Case("absurd model width", "config", _train_with("model.hidden=100000000"),
+         match=r"model\.hidden must be in 1 \.\. 1024"),
+    Case("gradient clipping of NaN", "config", _train_with("train.grad_clip=nan"),
+         match=r"train\.grad_clip must be a finite number"),
+    Case("infinite learning rate", "config", _train_with("train.lr=inf"), match=r"train\.lr must be a finite number"),
+    Case("NaN in a method option", "config",
+         lambda f, d: ["train", "omniglot_5w1s_maml", "method.inner_lr=.nan", "--out", "run", "--no-progress"],
+         match=r"method\.inner_lr must be a finite number"),
+    Case("negative seed", "config", _train_with("train.seed=-1"), match=r"train\.seed must be in 0 \.\. 4294967295"),
+    Case("seed beyond 64 bits", "config", _train_with("train.seed=100000000000000000000"),
+         match=r"train\.seed must be in 0 \.\. 4294967295"),
+    Case("override that is not valid YAML", "config", _train_with("train.lr=[1"),
+         match=r"override 'train\.lr=\[1' is not valid YAML"),
+    Case("recipe that is not UTF-8", "config", _yaml(b"name: caf\xe9\ntrain:\n  iterations: 2\n"),
+         match=r"recipe\.yaml is not UTF-8 text"),
+    Case("recipe with a YAML alias bomb", "config", _yaml(BOMB), match=r"uses the YAML alias \*a", timeout=60),
+    Case("recipe nested thousands deep", "config", _yaml("train: " + "[" * 5000 + "]" * 5000 + "\n"),
+         match=r"nested too deeply"),
+    Case("recipe keys that are not words", "config", _yaml("train:\n  1: 2\n  zz: 3\n"),
+         match=r"train has a key that is not a word: 1"),
+    # fewshot eval's arguments
+    Case("eval of 0 episodes", "arguments", _eval_run("--episodes", "0"),
+         match=r"number of test episodes must be >= 1, got 0"),
+    Case("eval of -5 episodes", "arguments", _eval_run("--episodes", "-5"),
+         match=r"number of test episodes must be >= 1, got -5"),
+    Case("eval of 'many' episodes", "arguments", _eval_run("--episodes", "many"),
+         match=r"argument --episodes: invalid int value: 'many'"),
+    Case("eval with no queries", "arguments", _eval_run("eval.query=0"), match=r"eval\.query must be >= 1, got 0"),
+    Case("eval with a negative seed", "arguments", _eval_run("eval.seed=-1"), match=r"eval\.seed must be in 0"),
+    Case("eval of a split that does not exist", "arguments", _eval_run("--split", "nonsense"),
+         match=r"unknown split 'nonsense'"),
+    Case("eval of a split that is a path", "arguments", _eval_run("--split", "../../elsewhere"),
+         match=r"--split must be a split name like test or val, got '\.\./\.\./elsewhere'"),
+    Case("eval of a checkpoint the run does not have", "arguments", _eval_run_without_last("--checkpoint", "last"),
+         match=r"no (last )?checkpoint"),
+    Case("eval of a checkpoint kind that does not exist", "arguments", _eval_run("--checkpoint", "middle"),
+         match=r"argument --checkpoint: invalid choice: 'middle'"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_case(case, tmp_path, data_root):
     judge(case, run_case(case, tmp_path / "case", data_root), tmp_path / "case")
+
+
+def test_alias_bomb_is_refused_fast(tmp_path):
+    """The alias bomb took 28 s and 2.5 GB to expand; refused at the first alias, it takes milliseconds."""
+    from fewshot.config import load_raw
+    from fewshot.errors import FewShotError
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    start = time.perf_counter()
+    with pytest.raises(FewShotError, match="alias"):
+        load_raw(path)
+    assert time.perf_counter() - start < 2

@@ -105,8 +105,9 @@ class ImageFolderConfig:
     def __post_init__(self) -> None:
         if not self.path:
             raise FewShotError("data.path must name the image folder (root/<class_name>/<images>)")
-        if self.size < 8 or self.channels not in (1, 3) or self.min_per_class < 1:
-            raise FewShotError("data.size must be >= 8, data.channels 1 or 3, data.min_per_class >= 1")
+        if not 8 <= self.size <= 1024 or self.channels not in (1, 3) or self.min_per_class < 1:
+            raise FewShotError(f"data.size must be in 8 .. 1024, data.channels 1 or 3, data.min_per_class >= 1; "
+                               f"got {self.size}, {self.channels}, {self.min_per_class}")
 
     def image_input(self) -> ImageInput:
         return ImageInput(self.size, self.channels, squeeze=False, bright_on_dark=self.invert)

@@ -156,8 +156,9 @@ class OmniglotConfig:
             raise FewShotError(f"unknown Omniglot split scheme {self.scheme!r}; choose one of {SPLIT_SCHEMES}")
         if self.resize not in RESIZE_MODES:
             raise FewShotError(f"unknown Omniglot resize mode {self.resize!r}; choose one of {RESIZE_MODES}")
-        if self.size < 8:
-            raise FewShotError(f"Omniglot image size must be >= 8, got {self.size}")
+        if not 8 <= self.size <= 105:
+            raise FewShotError(f"data.size must be in 8 .. 105 (Omniglot's images are 105x105 pixels), got "
+                               f"{self.size}")
 
     def image_input(self) -> ImageInput:
         return ImageInput(self.size, channels=1, squeeze=True, bright_on_dark=True)

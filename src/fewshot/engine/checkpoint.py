@@ -52,29 +52,80 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
+
+    Anything else is refused with a clear error naming the problem: a file that is not safetensors (or is cut
+    short), metadata of another format or version or of the wrong types, and weights that are not finite (a checkpoint
+    of a diverged run scores at chance, so it is refused rather than scored).
+    """
     path = Path(path)
     if not path.is_file():
         raise FewShotError(f"no checkpoint at {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("fewshot", "{}"))
+            text = (f.metadata() or {}).get("fewshot")
             tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
-        raise FewShotError(f"{path} is not a readable fewshot checkpoint: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise FewShotError(f"{path} is not a fewshot checkpoint (format {meta.get('format')!r})")
+    except (SafetensorError, OSError) as exc:
+        raise FewShotError(f"{path} is not a readable fewshot checkpoint (damaged, cut short, or not safetensors): "
+                           f"{exc}") from exc
+    meta = _metadata(path, text)
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise FewShotError(f"{path}: weight tensor {name!r} holds {bad} NaN or infinite value(s) of "
+                                   f"{tensor.numel()}; the run diverged or the file is damaged, so it is not scored "
+                                   f"(use another checkpoint, or retrain)")
     optimizer = None
     if "optimizer_groups" in meta:
         state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
+        try:
+            for key, value in tensors.items():
+                if key.startswith("optim."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            for key, value in meta.get("optimizer_scalars", {}).items():
+                index, name = key.split(".", 1)
                 state.setdefault(int(index), {})[name] = value
-        for key, value in meta.get("optimizer_scalars", {}).items():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = value
+        except ValueError as exc:
+            raise FewShotError(f"{path} has optimizer state under a malformed name: {exc}") from exc
         optimizer = {"state": state, "param_groups": meta["optimizer_groups"]}
-    return Checkpoint(weights, meta.get("iteration", 0), meta.get("config", {}), optimizer, tensors.get("rng.torch"),
+    rng = tensors.get("rng.torch")
+    if rng is not None and rng.dtype != torch.uint8:
+        raise FewShotError(f"{path}: its random state 'rng.torch' is {rng.dtype}, not uint8")
+    return Checkpoint(weights, meta.get("iteration", 0), meta.get("config", {}), optimizer, rng,
                       meta.get("extra", {}))
+
+
+META_TYPES: dict[str, tuple[type, str]] = {"config": (dict, "a mapping"), "extra": (dict, "a mapping"),
+                                           "optimizer_groups": (list, "a list"),
+                                           "optimizer_scalars": (dict, "a mapping")}
+
+
+def _metadata(path: Path, text: str | None) -> dict[str, Any]:
+    """The checkpoint's ``fewshot`` metadata, its format and the types of its fields checked."""
+    if text is None:
+        raise FewShotError(f"{path} is a safetensors file without fewshot metadata: not a fewshot checkpoint")
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise FewShotError(f"{path} has damaged fewshot metadata (not JSON): {exc}") from exc
+    if not isinstance(meta, dict):
+        raise FewShotError(f"{path} has damaged fewshot metadata: a JSON {type(meta).__name__}, not an object")
+    found = meta.get("format")
+    if found != FORMAT:
+        if isinstance(found, str) and found.startswith("fewshot-checkpoint-"):
+            raise FewShotError(f"{path} is a fewshot checkpoint of format {found!r}, which this fewshot does not "
+                               f"read (it reads {FORMAT!r}); use the fewshot version that wrote it")
+        raise FewShotError(f"{path} is not a fewshot checkpoint (format {found!r}, expected {FORMAT!r})")
+    iteration = meta.get("iteration", 0)
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+        raise FewShotError(f"{path} has damaged fewshot metadata: iteration is {iteration!r}, not a count")
+    for key, (kind, words) in META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise FewShotError(f"{path} has damaged fewshot metadata: {key} is a {type(meta[key]).__name__}, "
+                               f"not {words}")
+    if any(not isinstance(group, dict) for group in meta.get("optimizer_groups", [])):
+        raise FewShotError(f"{path} has damaged fewshot metadata: optimizer_groups must hold mappings")
+    return meta

@@ -1,4 +1,9 @@
-"""The evaluation protocol: fixed seeded test episodes, mean accuracy with a 95% confidence interval."""
+"""The evaluation protocol: fixed seeded test episodes, mean accuracy with a 95% confidence interval.
+
+The interval is Student's t: ``t(0.975, n - 1) * s / sqrt(n)`` over the ``n`` per-episode (or per-draw) scores, with
+``s`` their sample standard deviation. For 600 episodes t is 1.9639 (the normal 1.96 within 0.2%); for the 5 draws of
+the all-classes text kind it is 2.776, which the normal approximation would understate by about 30%.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ class EvalResult:
     accuracy: float
     """Mean accuracy over episodes, in [0, 1]."""
     ci95: float
-    """Half-width of the 95% confidence interval: 1.96 * std / sqrt(episodes)."""
+    """Half-width of the 95% confidence interval: t(0.975, episodes - 1) * std / sqrt(episodes) (Student's t; NaN
+    for one episode)."""
     episodes: int
     way: int
     shot: int
@@ -39,11 +45,37 @@ class EvalResult:
         return out
 
 
+T975 = (12.706204736174694, 4.302652729749462, 3.1824463052837078, 2.7764451051977934, 2.5705818356363146,
+        2.4469118511449786, 2.364624251592784, 2.306004135204166, 2.262157162798205, 2.228138851986274,
+        2.200985160091639, 2.1788128296672284, 2.1603686564627913, 2.144786687917804, 2.131449545559776,
+        2.1199052992212546, 2.1098155778333156, 2.1009220402410382, 2.0930240544083087, 2.085963447265864,
+        2.0796138447276795, 2.0738730679040254, 2.0686576104190486, 2.0638985616280245, 2.0595385527532972,
+        2.0555294386428735, 2.0518305164802846, 2.0484071417952454, 2.045229642132703, 2.0422724563012378)
+"""Student's t 0.975 quantiles for 1 .. 30 degrees of freedom (``scipy.stats.t.ppf(0.975, df)``)."""
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom: the table up to 30, then the Cornish-Fisher
+    expansion (Abramowitz & Stegun 26.7.5), within 3e-8 of the exact value there and 1e-14 at 599 — the same on
+    every machine, with or without scipy."""
+    if df < 1:
+        raise FewShotError(f"Student's t needs >= 1 degree of freedom, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
 def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% interval, ``t(0.975, n - 1) * s / sqrt(n)`` (NaN for one value)."""
     t = torch.tensor(values, dtype=torch.float64)
     if len(values) < 2:
         return float(t.mean()), float("nan")
-    return float(t.mean()), 1.96 * float(t.std(unbiased=True)) / math.sqrt(len(values))
+    return float(t.mean()), t975(len(values) - 1) * float(t.std(unbiased=True)) / math.sqrt(len(values))
 
 
 def evaluate(
@@ -61,6 +93,10 @@ def evaluate(
     """
     if chunk < 1 or save_every <= 0:
         raise FewShotError(f"chunk must be >= 1 and save_every > 0, got {chunk}, {save_every}")
+    if episodes < 1:
+        raise FewShotError(f"the number of test episodes must be >= 1, got {episodes}")
+    if record is not None:
+        record = record.with_data(dataset)  # scores of other data (another --data-root) are not these
     scores = (record.scores() if record is not None else [])[:episodes]
     done = len(scores)
     if done:

@@ -86,6 +86,9 @@ class EpisodicExperiment:
         train, test = config.train, config.eval
         method_cls = method_class(config)
         method_cls.check_trains_on(self.batch_type, config.experiment)
+        if self.batch_type is Episode and method_cls.needs_query and train.query < 1 and train.iterations > 0:
+            raise FewShotError(f"train.query is {train.query} but method {config.method.name!r} trains on query "
+                               f"examples; set train.query >= 1 (e.g. 15)")
         if method_cls.needs_head and train.way != test.way:
             raise FewShotError(f"{config.method.name} has an N-way output layer, so train.way ({train.way}) "
                                f"must equal eval.way ({test.way})")

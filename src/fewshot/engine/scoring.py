@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewshot.config import check_split
 from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.records import run_record
 from fewshot.errors import FewShotError
@@ -31,17 +32,23 @@ def score(experiment: Any, checkpoint: Path | None = None, episodes: int | None 
     """Test ``experiment`` (an :class:`~fewshot.engine.experiment.Experiment`) with the weights its method holds.
 
     When ``checkpoint`` is a run folder's checkpoint those weights came from, per-episode scores are recorded beside
-    it (``checkpoints/eval/``) and an interrupted evaluation continues (``fresh``: score everything anew). The
-    protocol runs from the random state ``torch.manual_seed(eval.seed)`` (the caller's state is restored), so a
-    figure does not depend on what ran before it in the process.
+    it (``checkpoints/eval/``) and an interrupted evaluation continues (``fresh``: score everything anew, reusing
+    neither the record nor what the method cached, e.g. embeddings on disk). The protocol runs from the random state
+    ``torch.manual_seed(eval.seed)`` (the caller's state is restored), so a figure does not depend on what ran before
+    it in the process.
     """
+    if episodes is not None and episodes < 1:
+        raise FewShotError(f"the number of test episodes must be >= 1, got {episodes}")
     config = experiment.config
     split = split or config.eval.split
+    check_split("--split", split)
     record = None
     if checkpoint is not None:
         record = run_record(checkpoint, config, experiment.method.state_dict(), split)
-    if record is not None and fresh:
-        record.clear()
+    if fresh:
+        experiment.method.forget_caches()
+        if record is not None:
+            record.reuse = False  # replaced when the first new scores are saved, not deleted before
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.eval.seed)

@@ -85,14 +85,19 @@ def train(
             raise FewShotError(f"cannot resume: {ckpt_dir / LAST} does not exist")
         ckpt = load_checkpoint(ckpt_dir / LAST)
         _check_same_config(ckpt.config, config)
-        method.load_state_dict(ckpt.weights)
-        if ckpt.optimizer is not None:
-            optimizer.load_state_dict(ckpt.optimizer)
-        if ckpt.rng is not None:
-            torch.set_rng_state(ckpt.rng)
+        try:
+            method.load_state_dict(ckpt.weights)
+            if ckpt.optimizer is not None:
+                optimizer.load_state_dict(ckpt.optimizer)
+            if ckpt.rng is not None:
+                torch.set_rng_state(ckpt.rng)
+            best = float(ckpt.extra.get("best_val_accuracy", -1.0))
+            best_it = int(ckpt.extra.get("best_val_iteration", -1))
+            wall_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise FewShotError(f"cannot resume from {ckpt_dir / LAST}: its state does not fit this run "
+                               f"({' '.join(str(exc).split())[:300]})") from exc
         start = ckpt.iteration
-        best, best_it = ckpt.extra.get("best_val_accuracy", -1.0), ckpt.extra.get("best_val_iteration", -1)
-        wall_before = float(ckpt.extra.get("wall_seconds", 0.0))
     else:
         if (ckpt_dir / LAST).exists():
             raise FewShotError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")

@@ -11,9 +11,12 @@ A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot
   and return metrics (``loss`` at least, ``accuracy`` where it means something). The engine's optimizer then steps.
   Which batches a method trains on is :attr:`Method.trains_on` (episodes for meta-learners, labelled batches for
   supervised pre-training, domain batches for DANN); a kind of run checks it before training starts.
+* :attr:`Method.needs_query` — whether training on episodes needs query examples (``train.query >= 1``); the
+  episodic kinds check it before training.
 * hooks with no-op defaults: :meth:`set_class_names` (the class names of the data set whose tasks come next, for
   methods that read label words), :meth:`set_training_classes` (ordinary classification over all training classes
-  is about to start), :meth:`end_evaluation` (an evaluation finished: persist caches).
+  is about to start), :meth:`end_evaluation` (an evaluation finished: persist caches), :meth:`forget_caches` (the
+  next evaluation must not reuse anything cached by earlier ones: ``fewshot eval --fresh``).
 
 Methods know nothing about files, logging or the command line.
 """
@@ -44,6 +47,9 @@ class Method(nn.Module, ABC):
     False for methods that put their own classifier on the backbone's features."""
     trains_on: ClassVar[tuple[type, ...]] = (Episode,)
     """The batch types :meth:`training_gradient` accepts (:class:`Episode`, ``LabelledBatch``, ``DomainBatch``)."""
+    needs_query: ClassVar[bool] = True
+    """Whether :meth:`training_gradient` computes its loss on an episode's query examples, so episodic training
+    needs ``train.query >= 1`` (False: it trains on the support set alone, or checks its own options)."""
 
     @abstractmethod
     def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
@@ -82,6 +88,9 @@ class Method(nn.Module, ABC):
 
     def end_evaluation(self) -> None:
         """An evaluation has finished (persist whatever a method caches across tasks)."""
+
+    def forget_caches(self) -> None:
+        """Compute everything anew from now on: ignore what earlier evaluations cached (in memory or on disk)."""
 
     @classmethod
     def check_trains_on(cls, batch_type: type, kind: str) -> None:

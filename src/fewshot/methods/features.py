@@ -54,6 +54,7 @@ class FeatureExtraction(TransferMethod):
         super().__init__(model)
         self.config = config or FeaturesConfig()
         self._caches: dict[str, EmbeddingCache] = {}
+        self._read_disk = True
 
     def cache(self) -> EmbeddingCache | None:
         """The embedding cache of the backbone's current weights (None when caching is off or while training)."""
@@ -62,8 +63,12 @@ class FeatureExtraction(TransferMethod):
         key = fingerprint(self.backbone)
         if key not in self._caches:
             path = embedding_cache_dir() / f"{key}.pt" if self.config.cache == "disk" else None
-            self._caches = {key: EmbeddingCache(key, path)}  # weights changed: older entries are stale
+            self._caches = {key: EmbeddingCache(key, path, read=self._read_disk)}  # weights changed: older are stale
         return self._caches[key]
+
+    def forget_caches(self) -> None:
+        """Embed everything anew: drop the embeddings in memory and do not read the disk cache (it is rewritten)."""
+        self._caches, self._read_disk = {}, False
 
     def end_evaluation(self) -> None:
         """Persist the embeddings (``cache: disk``) for later runs."""

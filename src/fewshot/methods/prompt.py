@@ -98,6 +98,7 @@ class PromptTuning(Method):
 
     name = "prompt"
     needs_head = False
+    needs_query = False  # the Reptile-style meta-update trains without queries; fomaml checks for them itself
 
     def __init__(self, model: nn.Module, config: PromptConfig | None = None) -> None:
         super().__init__()

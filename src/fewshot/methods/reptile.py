@@ -49,6 +49,7 @@ class ReptileConfig:
 
 class Reptile(Method):
     name = "reptile"
+    needs_query = False  # trains on the support set; queries (if any) only measure accuracy
 
     def __init__(self, model: nn.Module, config: ReptileConfig | None = None) -> None:
         super().__init__()

@@ -179,6 +179,9 @@ class Conv4Config:
             raise FewShotError(f"unknown Conv-4 variant {self.variant!r}; choose one of {VARIANTS}")
         if self.pool not in POOLS:
             raise FewShotError(f"unknown pooling {self.pool!r}; choose one of {POOLS}")
+        for name, low, high in (("hidden", 1, 1024), ("image_size", 8, 512), ("in_channels", 1, 4)):
+            if not low <= getattr(self, name) <= high:
+                raise FewShotError(f"model.{name} must be in {low} .. {high}, got {getattr(self, name)}")
 
 
 def build(options: Conv4Config, out_features: int | None) -> Conv4:

@@ -35,8 +35,10 @@ class DigitsCNNConfig:
     in_channels: int = 1
 
     def __post_init__(self) -> None:
-        if self.image_size < 4 or self.image_size % 4:
-            raise FewShotError(f"model.image_size must be a multiple of 4, got {self.image_size}")
+        if not 4 <= self.image_size <= 256 or self.image_size % 4:
+            raise FewShotError(f"model.image_size must be a multiple of 4 in 4 .. 256, got {self.image_size}")
+        if self.in_channels not in (1, 3):
+            raise FewShotError(f"model.in_channels must be 1 or 3, got {self.in_channels}")
 
 
 def build(options: DigitsCNNConfig, out_features: int | None) -> DigitsCNN:

@@ -166,8 +166,8 @@ class EfficientNetConfig:
     """Use 1 - x (Omniglot is stored as white strokes on black; ImageNet photos are mostly light backgrounds)."""
 
     def __post_init__(self) -> None:
-        if self.image_size < 32:
-            raise FewShotError(f"model.image_size must be >= 32, got {self.image_size}")
+        if not 32 <= self.image_size <= 1024:
+            raise FewShotError(f"model.image_size must be in 32 .. 1024, got {self.image_size}")
 
 
 def build(options: EfficientNetConfig, out_features: int | None) -> EfficientNetFeatures:

@@ -333,9 +333,9 @@ class MiniLMConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
-        if self.max_length < 8 or self.batch_size < 1:
-            raise FewShotError(f"max_length must be >= 8 and batch_size >= 1, got {self.max_length}, "
-                               f"{self.batch_size}")
+        if not 8 <= self.max_length <= 512 or self.batch_size < 1:
+            raise FewShotError(f"model.max_length must be in 8 .. 512 (the encoder's positions) and "
+                               f"model.batch_size >= 1, got {self.max_length}, {self.batch_size}")
 
 
 @dataclass
