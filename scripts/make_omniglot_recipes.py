@@ -1,7 +1,9 @@
 """Write the Omniglot recipes (``src/fewshot/recipes/omniglot_*``) with the papers' hyper-parameters.
 
 MAML / first-order MAML: Finn et al. 2017. Reptile: Nichol et al. 2018 (their run commands). ProtoNet: Snell et al.
-2017 (60-way training episodes, Adam 1e-3 halved every 2000 episodes, Vinyals split). Run once after editing.
+2017 (60-way training episodes, Adam 1e-3 halved every 2000 episodes, Vinyals split). MAML and Reptile are evaluated
+transductively, as the papers' code (``transductive: true``: batch statistics over each task's query batch). Run once
+after editing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def maml(way: int, shot: int, first_order: bool) -> dict:
         "data": {"name": "omniglot", "options": {"scheme": "maml", "resize": "nearest", "rotations": True}},
         "model": {"name": "conv4", "options": {"variant": "strided", "pool": "mean"}},
         "method": {"name": "maml", "options": {"inner_steps": 1 if five else 5, "inner_lr": 0.4 if five else 0.1,
-                                               "test_inner_steps": 10, "first_order": first_order}},
+                                               "test_inner_steps": 10, "first_order": first_order,
+                                               "transductive": True}},
         "train": {"way": way, "shot": shot, "query": 5, "meta_batch": 32 if five else 16, "iterations": 60000,
                   "optimizer": "adam", "lr": 1e-3, "val_every": 500, "val_episodes": 200,
                   "checkpoint_every": 100},
@@ -44,7 +47,8 @@ def reptile(way: int, shot: int) -> dict:
         "model": {"name": "conv4", "options": {"variant": "strided", "pool": "flatten"}},
         "method": {"name": "reptile", "options": {
             "inner_steps": 5 if five else 10, "inner_batch": 10 if five else 20,
-            "inner_lr": 1e-3 if five else 5e-4, "test_inner_steps": 50, "test_inner_batch": 5 if five else 10}},
+            "inner_lr": 1e-3 if five else 5e-4, "test_inner_steps": 50, "test_inner_batch": 5 if five else 10,
+            "transductive": True}},
         "train": {"way": way, "shot": 10, "query": 0, "meta_batch": 5, "iterations": 100000 if five else 200000,
                   "optimizer": "sgd", "lr": 1.0, "lr_final": 0.0, "schedule": "linear", "val_every": 1000,
                   "val_episodes": 200, "checkpoint_every": 500},

@@ -35,7 +35,9 @@ def test_every_zoo_checkpoint_reproduces_its_committed_figure(row, data_root, ca
     result = json.loads(capsys.readouterr().out)
     assert result["episodes"] == 600
     assert result["accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)
-    assert result["ci95"] == pytest.approx(committed_ci95(row), abs=1e-6)
+    # the same mean to 1e-6; the interval to 1e-5: on another CPU one of Reptile's 600 episodes can trade a query for
+    # another's (same mean, CI 3e-6 apart between the AMD EPYC that committed it and an Intel Xeon)
+    assert result["ci95"] == pytest.approx(committed_ci95(row), abs=1e-5)
 
 
 TEXT = json.loads((REPO / "results" / "text_episodes.json").read_text())["runs"]

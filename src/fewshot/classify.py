@@ -7,6 +7,7 @@ prepared as the model's data set describes them (:class:`fewshot.data.base.Image
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Method
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
+TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 @dataclass
@@ -72,24 +74,36 @@ def _looks_inverted(images: torch.Tensor) -> bool:
     return float(images.float().mean()) > 127  # dark strokes on a light background
 
 
+def read_queries(path: str | Path, column: str = "text") -> list[str]:
+    """The text queries in one column of a CSV / TSV (or one key of a JSON Lines) file."""
+    from fewshot.data.csv_text import load_text_column
+
+    return load_text_column(path, column)
+
+
 def classify(
     model: str | Path, support: str | Path, queries: list[str], text_column: str = "text",
-    label_column: str = "label", invert: str = "auto",
+    label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None,
 ) -> list[Prediction]:
-    """Adapt ``model`` to the labelled ``support`` set and classify each query (image path or sentence)."""
-    support = Path(support)
-    if support.is_dir():
-        from fewshot.data.image_folder import image_folder, load_image
+    """Adapt ``model`` to the labelled ``support`` set and classify each query (image path or sentence).
 
-        probe = image_folder(support, size=8, channels=1, min_per_class=1)
-        way = len(probe.class_names)
-        method, config = load_model(model, way)
+    Each query's answer is its own: it never depends on the other queries of the call (a method that can score the
+    queries together, :attr:`fewshot.methods.base.Method.transductive`, is asked not to), nor on earlier calls (the
+    adaptation runs from a fixed random state; the caller's is left as it was). ``notes`` receives what the user
+    should know but that is not an error (files ignored, images found in sub-folders).
+    """
+    support = Path(support)
+    note = notes or (lambda message: None)
+    if support.is_dir():
+        from fewshot.data.image_folder import class_folders, image_folder
+
+        classes = class_folders(support)
+        paths = _image_paths(queries, note)
+        method, config = load_model(model, len(classes))
         spec = image_input(config)
         data = image_folder(support, size=spec.size, channels=spec.channels, min_per_class=1)
-        paths = _image_paths(queries)
-        if not paths:
-            raise FewShotError("no query images to classify")
-        query_images = torch.stack([torch.from_numpy(load_image(p, spec.size, spec.channels).copy()) for p in paths])
+        _note_layout(data, note)
+        query_images = _load_queries(paths, spec)
         flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and _looks_inverted(data.images))
         support_x, query_x = data.images, query_images
         if flip:
@@ -99,40 +113,78 @@ def classify(
             support_x, query_x = support_x[:, 0], query_x[:, 0]
         support_y, names, labels = data.labels, data.class_names, [str(p) for p in paths]
         query_items: Any = query_x
-    elif support.suffix.lower() in (".csv", ".tsv"):
+    elif support.suffix.lower() in TEXT_SUFFIXES:
         from fewshot.data.csv_text import load_csv_text
 
-        data = load_csv_text(support, text_column, label_column, delimiter="\t" if support.suffix == ".tsv" else ",")
+        data = load_csv_text(support, text_column, label_column)
         names = data.class_names
+        query_items = _text_queries(queries)
         method, config = load_model(model, len(names))
         method.set_class_names(names)
         support_x = [t for texts in data.texts for t in texts]
         support_y = torch.tensor([c for c, texts in enumerate(data.texts) for _ in texts])
-        query_items = list(queries)
-        labels = list(queries)
+        labels = list(query_items)
+    elif not support.exists():
+        raise FewShotError(f"support {support} does not exist; pass a folder of class folders (images) or a "
+                           f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
     else:
-        raise FewShotError(f"support {support} must be a folder of class folders (images) or a .csv of text")
-    if not labels:
-        raise FewShotError("no queries to classify")
+        raise FewShotError(f"support {support} must be a folder of class folders (images) or a "
+                           f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
+    method.transductive = False  # a user's answer must not depend on what else they asked
     device = method.device
-    predictor = method.adapt(to_device(support_x, device), support_y.to(device), len(names))
-    with torch.no_grad():
-        probs = torch.softmax(predictor(to_device(query_items, device)).float(), dim=-1).cpu()
+    with torch.random.fork_rng(devices=[]):  # the same answers on every call (Reptile draws mini-batches, ...)
+        torch.random.default_generator.manual_seed(0)
+        predictor = method.adapt(to_device(support_x, device), support_y.to(device), len(names))
+        with torch.no_grad():
+            probs = torch.softmax(predictor(to_device(query_items, device)).float(), dim=-1).cpu()
     out = []
-    for query, p in zip(labels, probs):
+    for query, p in zip(labels, probs, strict=True):
         best = int(p.argmax())
         out.append(Prediction(query, names[best], float(p[best]), {n: float(v) for n, v in zip(names, p)}))
     return out
 
 
-def _image_paths(queries: list[str]) -> list[Path]:
-    from fewshot.data.image_folder import EXTENSIONS
+def _text_queries(queries: list[str]) -> list[str]:
+    if not queries:
+        raise FewShotError("no queries to classify: give sentences after the support file, or --queries-csv")
+    empty = [i + 1 for i, q in enumerate(queries) if not q.strip()]
+    if empty:
+        raise FewShotError(f"query {empty[0]} of {len(queries)} is empty; give each query some text")
+    return [q.strip() for q in queries]
 
+
+def _note_layout(data: Any, note: Callable[[str], None]) -> None:
+    for name, folders in data.nested.items():
+        shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+        note(f"class {name!r} includes the images in its sub-folders ({shown})")
+    if data.ignored:
+        note(f"ignored {len(data.ignored)} file(s) in the support folder that are not images of a supported type, "
+             f"e.g. {data.ignored[0]}")
+
+
+def _load_queries(paths: list[Path], spec: ImageInput) -> torch.Tensor:
+    from fewshot.data.image_folder import load_image
+
+    return torch.stack([torch.from_numpy(load_image(p, spec.size, spec.channels).copy()) for p in paths])
+
+
+def _image_paths(queries: list[str], note: Callable[[str], None]) -> list[Path]:
+    from fewshot.data.image_folder import EXTENSIONS, find_images
+
+    if not queries:
+        raise FewShotError("no query images to classify: give image files or folders after the support folder")
     paths: list[Path] = []
     for q in queries:
         p = Path(q)
         if p.is_dir():
-            paths += sorted(f for f in p.rglob("*") if f.suffix.lower() in EXTENSIONS)
+            found, others = find_images(p)
+            if not found:
+                held = f"; it holds {len(others)} other file(s), e.g. {others[0].name}" if others else " (it is empty)"
+                raise FewShotError(f"query folder {p} has no images ({', '.join(EXTENSIONS)}){held}")
+            if others:
+                note(f"ignored {len(others)} file(s) in query folder {p} that are not images of a supported type, "
+                     f"e.g. {others[0]}")
+            paths += found
         elif p.exists():
             paths.append(p)
         else:

@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SUPPORT/<class_name>/<images>, queries are image files or folders. Text: SUPPORT "
                                    "is a CSV with text and label columns, queries are sentences (or --queries-csv).")
     p.add_argument("model", help="run folder, .safetensors checkpoint, or a pretrained recipe name")
-    p.add_argument("support", type=Path, help="folder of class folders (images) or CSV (text)")
+    p.add_argument("support", type=Path, help="folder of class folders (images) or .csv / .tsv / .jsonl (text)")
     p.add_argument("queries", nargs="*", help="image paths / folders, or sentences")
-    p.add_argument("--queries-csv", type=Path, help="read text queries from this CSV's text column")
+    p.add_argument("--queries-csv", type=Path,
+                   help="read text queries from this CSV's (or .tsv / .jsonl file's) text column")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
@@ -221,18 +222,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from fewshot.classify import classify
+    from fewshot.classify import classify, read_queries
 
     queries = list(args.queries)
     if args.queries_csv:
-        import csv
-
-        with open(args.queries_csv, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or args.text_column not in reader.fieldnames:
-                raise FewShotError(f"{args.queries_csv} has no text column {args.text_column!r}")
-            queries += [row[args.text_column] for row in reader if row[args.text_column].strip()]
-    predictions = classify(args.model, args.support, queries, args.text_column, args.label_column, args.invert)
+        queries += read_queries(args.queries_csv, args.text_column)
+    predictions = classify(args.model, args.support, queries, args.text_column, args.label_column, args.invert,
+                           notes=lambda message: print(f"fewshot: note: {message}", file=sys.stderr))
     for p in predictions:
         if args.json:
             print(json.dumps({"query": p.query, "label": p.label, "probability": round(p.probability, 4),

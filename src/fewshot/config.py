@@ -287,14 +287,20 @@ def validate_components(config: RunConfig) -> None:
 RENAMED_OPTIONS = {("method", "prompt", "scale"): "temperature", ("method", "features", "scale"): "temperature"}
 """Component options renamed since fewshot 0.1.0: (section, component, old key) -> new key."""
 NON_EPISODIC = ("supervised", "domain_adaptation")
+ADDED_OPTIONS = {("method", "maml", "transductive"): True, ("method", "reptile", "transductive"): True,
+                 ("method", "anil", "transductive"): True}
+"""Component options added since fewshot 0.1.0 whose default differs from what earlier configs did: (section,
+component, key) -> the value that keeps an earlier config's behaviour. MAML, Reptile and ANIL scored a task's queries
+in one batch (``transductive: true``) before the option existed and the default became per-query scoring."""
 
 
 def upgrade(data: Any) -> Any:
     """A config written by an earlier fewshot (a checkpoint's, a run folder's, a recipe) in today's keys.
 
     ``kind`` became ``experiment``; the non-episodic kinds' examples per step moved from ``train.meta_batch`` to
-    ``train.batch_size``; a cosine head's ``scale`` became ``temperature``. A config already in today's keys comes
-    back unchanged; the caller's mapping is never modified.
+    ``train.batch_size``; a cosine head's ``scale`` became ``temperature``; MAML, Reptile and ANIL get
+    ``transductive: true`` unless the config says otherwise (:data:`ADDED_OPTIONS`: what they did then). A config
+    already in today's keys (no ``kind``) comes back unchanged; the caller's mapping is never modified.
     """
     if not isinstance(data, dict) or "kind" not in data:
         return data
@@ -310,6 +316,13 @@ def upgrade(data: Any) -> Any:
             options = component.get("options")
             if isinstance(options, dict) and old in options:
                 options.setdefault(new, options.pop(old))
+    for (section, name, key), value in ADDED_OPTIONS.items():
+        component = data.get(section)
+        if isinstance(component, dict) and component.get("name") == name:
+            if component.get("options") is None:
+                component["options"] = {}
+            if isinstance(component["options"], dict):
+                component["options"].setdefault(key, value)
     return data
 
 

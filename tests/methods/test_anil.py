@@ -146,7 +146,9 @@ def test_fast_predict_equals_reference_and_adapt(omniglot_test):
 def test_adapt_changes_only_the_head(omniglot_test):
     ep = episode(omniglot_test, shot=1, query=4, tasks=1, seed=2)
     net, steps, lr = model(seed=2), 5, 0.4
-    anil = ANIL(net, ANILConfig(test_inner_steps=steps, inner_lr=lr))
+    # transductive: the query features in one batch, as `expected` below computes them (the default scores each
+    # query with the support set alone: tests/methods/test_transductive.py)
+    anil = ANIL(net, ANILConfig(test_inner_steps=steps, inner_lr=lr, transductive=True))
     before = {k: v.clone() for k, v in anil.state_dict().items()}
     sx, sy, qx = ep.support_x[0], ep.support_y[0], ep.query_x[0]
     logits = anil.adapt(sx, sy, 5)(qx)
@@ -158,7 +160,7 @@ def test_adapt_changes_only_the_head(omniglot_test):
     for key, value in anil.state_dict().items():
         assert torch.equal(value, before[key]), key
     # adapting the body too (MAML, same steps and rate) gives other logits: the check above tells them apart
-    maml_logits = MAML(net, MAMLConfig(test_inner_steps=steps, inner_lr=lr)).adapt(sx, sy, 5)(qx)
+    maml_logits = MAML(net, MAMLConfig(test_inner_steps=steps, inner_lr=lr, transductive=True)).adapt(sx, sy, 5)(qx)
     assert (maml_logits - expected).abs().max() > 1e-3
     with pytest.raises(FewShotError, match="5 classes"):
         anil.adapt(sx, sy, 3)

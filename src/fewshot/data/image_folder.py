@@ -1,53 +1,153 @@
-"""Your own images as a class data set: ``root/<class_name>/*.png|jpg|jpeg|bmp|gif|webp``.
+"""Your own images as a class data set: ``root/<class_name>/**/*.png|jpg|jpeg|bmp|gif|webp|tif|tiff``.
 
-Every image is decoded once, converted to greyscale (``channels: 1``) or RGB (``channels: 3``), resized to
-``size`` x ``size`` and kept in one uint8 tensor; episodes come out as float in [0, 1]. Classes may have different
-numbers of images. Optionally ``root/train``, ``root/val``, ``root/test`` hold separate class folders (then
-``split`` picks one); otherwise the whole folder is the ``test`` split (what few-shot evaluation of a new data set
-needs).
+Every image is decoded once (:func:`fewshot.data.guards.decode_image`: EXIF orientation applied, transparency
+composited onto a background opposite to the strokes, 16-bit and CMYK images converted), converted to greyscale
+(``channels: 1``) or RGB (``channels: 3``), resized to ``size`` x ``size`` and kept in one uint8 tensor; episodes come
+out as float in [0, 1]. Classes may have different numbers of images. A class folder's images may sit in sub-folders
+of it, at any depth: they all belong to the class (hidden files and folders, whose names start with ``.``, are
+skipped; a folder reached twice through links is read once). Optionally ``root/train``, ``root/val``, ``root/test``
+hold separate class folders (then ``split`` picks one); otherwise the whole folder is the ``test`` split (what
+few-shot evaluation of a new data set needs).
 
-Errors name the problem: a missing root, files where class folders should be, an empty or too small class, a file
-that is not a readable image.
+Errors name the problem: a missing root, files where class folders should be, fewer than two classes, a class with no
+images, split folders where class folders should be, a file that is not a readable image, an image too large to decode
+safely, an image that is one flat colour. Files that are not images of a supported type are listed in ``ignored``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fewshot.data.base import ImageInput, LabelledTensorDataset
+from fewshot.data.guards import decode_image
 from fewshot.errors import FewShotError
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
 
 class ImageFolderDataset(LabelledTensorDataset):
-    """Images of ragged classes in one tensor ``[N, C, size, size]`` (uint8), gathered as float in [0, 1]."""
+    """Images of ragged classes in one tensor ``[N, C, size, size]`` (uint8), gathered as float in [0, 1].
+
+    ``ignored``: files under the class folders that are not images of a supported type (not read).
+    ``nested``: class name -> the sub-folders its images came from (where a class folder has any).
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                 paths: list[str] | None = None) -> None:
+                 paths: list[str] | None = None, ignored: list[str] | None = None,
+                 nested: dict[str, list[str]] | None = None) -> None:
         super().__init__(images, labels, class_names, divisor=255)
         self.paths = paths or []
+        self.ignored = ignored or []
+        self.nested = nested or {}
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in EXTENSIONS and not path.name.startswith(".")
+    return path.is_file() and path.suffix.lower() in EXTENSIONS and not _hidden(path.name)
+
+
+def find_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images under ``folder`` at any depth (sorted by path) and the other files (not images of a supported type).
+
+    Hidden files and folders are skipped; linked folders are followed, each real folder once (a link loop ends), but
+    never a link back to ``folder`` or a folder above it (which would pull in everything beside it).
+    """
+    images: list[Path] = []
+    others: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    top = Path(os.path.realpath(folder))
+    above = {top, *top.parents}
+
+    def fail(exc: OSError) -> None:
+        raise FewShotError(f"cannot read folder {exc.filename or folder}: {exc.strerror or exc}")
+
+    for current, dirs, files in os.walk(folder, onerror=fail, followlinks=True):
+        try:
+            stat = os.stat(current)
+        except OSError as exc:
+            fail(exc)
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs[:] = sorted(d for d in dirs if not _hidden(d)
+                         and Path(os.path.realpath(os.path.join(current, d))) not in above)
+        for name in sorted(files):
+            if _hidden(name):
+                continue
+            path = Path(current) / name
+            (images if path.suffix.lower() in EXTENSIONS else others).append(path)
+    return sorted(images), others
+
+
+@dataclass
+class ClassFolder:
+    name: str
+    folder: Path
+    images: list[Path]
+    ignored: list[Path] = field(default_factory=list)
+    nested: list[str] = field(default_factory=list)
+    """Sub-folders (relative to the class folder) that held images."""
+
+
+def class_folders(root: str | os.PathLike, min_per_class: int = 1) -> list[ClassFolder]:
+    """The class folders of ``root`` (sorted by name) and their images, without decoding any; errors name the usual
+    layout mistakes."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FewShotError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise FewShotError(f"{root} is not a folder; expected root/<class_name>/<images>")
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise FewShotError(f"cannot read folder {root}: {exc.strerror or exc}") from exc
+    loose = [p.name for p in entries if _is_image(p)]
+    if loose:
+        raise FewShotError(f"{root} has {len(loose)} images directly inside it (e.g. {loose[0]}); put each class "
+                           f"in its own sub-folder: {root}/<class_name>/{loose[0]}")
+    dirs = [p for p in entries if p.is_dir() and not _hidden(p.name)]
+    if dirs and {p.name for p in dirs} <= set(SPLITS):
+        raise FewShotError(f"{root} holds split folders ({', '.join(p.name for p in dirs)}), not class folders; "
+                           f"point at one split, e.g. {root / dirs[-1].name}")
+    if len(dirs) < 2:
+        inside = f" (it holds {dirs[0].name}/: point at the folder that holds the class folders)" if dirs else ""
+        raise FewShotError(f"{root} has {len(dirs)} class folder(s); a classifier needs at least 2 classes "
+                           f"(layout: {root}/<class_name>/<images>){inside}")
+    classes = []
+    owner: dict[str, str] = {}
+    for folder in dirs:
+        images, others = find_images(folder)
+        if not images:
+            what = f"; it holds {len(others)} other file(s), e.g. {others[0].name}" if others else " (it is empty)"
+            raise FewShotError(f"class folder {folder} has no images ({', '.join(EXTENSIONS)}){what}")
+        if len(images) < min_per_class:
+            raise FewShotError(f"class {folder.name!r} has {len(images)} image(s) but at least {min_per_class} are "
+                               f"needed per class")
+        for path in images:
+            real = os.path.realpath(path)
+            if owner.setdefault(real, folder.name) != folder.name:
+                raise FewShotError(f"{path} is also in class {owner[real]!r} (through a link?): an image can belong "
+                                   "to one class only")
+        nested = sorted({str(p.parent.relative_to(folder)) for p in images if p.parent != folder})
+        classes.append(ClassFolder(folder.name, folder, images, others, nested))
+    return classes
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image as uint8 ``[channels, size, size]``; a clear error if it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            converted = image.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise FewShotError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from exc
+    """One image as uint8 ``[channels, size, size]``; a clear error if it cannot be decoded safely or is blank."""
+    converted = decode_image(path, channels)
     resized = converted.resize((size, size), resample=Image.BILINEAR)
     array = np.asarray(resized, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
@@ -55,41 +155,22 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 def image_folder(root: str | os.PathLike, size: int = 84, channels: int = 3, min_per_class: int = 2,
                  invert: bool = False) -> ImageFolderDataset:
-    """Load ``root/<class_name>/<images>`` (class folders sorted by name)."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FewShotError(f"image folder {root} does not exist")
-    if not root.is_dir():
-        raise FewShotError(f"{root} is not a folder; expected root/<class_name>/<images>")
+    """Load ``root/<class_name>/<images>`` (class folders sorted by name; images at any depth below them)."""
     if channels not in (1, 3):
         raise FewShotError(f"channels must be 1 or 3, got {channels}")
-    loose = sorted(p.name for p in root.iterdir() if _is_image(p))
-    if loose:
-        raise FewShotError(f"{root} has {len(loose)} images directly inside it (e.g. {loose[0]}); put each class "
-                           f"in its own sub-folder: {root}/<class_name>/{loose[0]}")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) < 2:
-        raise FewShotError(f"{root} has {len(class_dirs)} class folder(s); need at least 2 "
-                           f"(layout: {root}/<class_name>/<images>)")
-    images, labels, names, paths = [], [], [], []
-    for label, folder in enumerate(class_dirs):
-        files = sorted(p for p in folder.iterdir() if _is_image(p))
-        nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not files:
-            hint = f" (it holds folders {nested[:3]}: one level of class folders only)" if nested else ""
-            raise FewShotError(f"class folder {folder} has no images ({', '.join(EXTENSIONS)}){hint}")
-        if len(files) < min_per_class:
-            raise FewShotError(f"class {folder.name!r} has {len(files)} image(s) but at least {min_per_class} are "
-                               f"needed per class")
-        for path in files:
+    classes = class_folders(root, min_per_class)
+    images, labels, paths = [], [], []
+    for label, cls in enumerate(classes):
+        for path in cls.images:
             images.append(load_image(path, size, channels))
             labels.append(label)
             paths.append(str(path))
-        names.append(folder.name)
     data = torch.from_numpy(np.stack(images))
     if invert:
         data = 255 - data
-    return ImageFolderDataset(data, torch.tensor(labels, dtype=torch.long), names, paths)
+    return ImageFolderDataset(data, torch.tensor(labels, dtype=torch.long), [c.name for c in classes], paths,
+                              [str(p) for c in classes for p in c.ignored],
+                              {c.name: c.nested for c in classes if c.nested})
 
 
 @dataclass

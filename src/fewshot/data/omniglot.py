@@ -1,6 +1,8 @@
 """Omniglot (Lake et al. 2015): the official zips, preprocessed once to 28x28, with fixed class splits.
 
-Images are stored inverted (strokes = 255) in one uint8 tensor, so sampling never touches PIL.
+Images are stored inverted (strokes = 255) in one uint8 tensor, so sampling never touches PIL. The zips are checked
+before anything is inflated (:func:`fewshot.data.guards.check_zip`: each member's declared size and compression ratio
+against stated limits, no absolute or ``..`` member paths), then by content (the expected layout and counts).
 
 Two resize modes, named for what they do:
 
@@ -15,7 +17,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fewshot.data.base import ImageInput, TensorClassDataset, shipped_split
 from fewshot.data.download import data_root, download, file_digest
+from fewshot.data.guards import open_zip
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write, cache_dir
 
@@ -63,11 +68,7 @@ def ensure_zips(root: str | os.PathLike | None = None, allow_download: bool = Tr
 def _read_zip(path: Path, part: str, resize: str, size: int) -> tuple[np.ndarray, list[str]]:
     """Decode one zip into ``[characters, 20, size, size]`` uint8, checking its content on the way."""
     _, _, want_alphabets, want_chars = ZIPS[part]
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise FewShotError(f"{path} is not a valid zip file: {exc}") from exc
-    with zf:
+    with open_zip(path) as zf:  # members' declared sizes checked before anything is inflated
         groups: dict[str, list[str]] = {}
         for entry in zf.namelist():
             if not entry.endswith(".png"):
@@ -89,9 +90,14 @@ def _read_zip(path: Path, part: str, resize: str, size: int) -> tuple[np.ndarray
                 raise FewShotError(f"{path}: {name} has {len(files)} images, expected {DRAWERS}")
             for j, entry in enumerate(files):
                 try:
-                    image = Image.open(io.BytesIO(zf.read(entry)))
-                    image.load()
-                except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as exc:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error", Image.DecompressionBombWarning)
+                        image = Image.open(io.BytesIO(zf.read(entry)))
+                        image.load()
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                    raise FewShotError(f"{path}: {entry} is too large an image to decode safely ({exc})") from exc
+                except (UnidentifiedImageError, OSError, zipfile.BadZipFile, zlib.error, EOFError, SyntaxError,
+                        ValueError, RuntimeError, NotImplementedError) as exc:  # corrupt, encrypted, unknown method
                     raise FewShotError(f"{path}: {entry} is not a readable image ({exc})") from exc
                 out[i, j] = _resize(image, resize, size)
     return out, names

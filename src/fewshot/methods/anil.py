@@ -16,6 +16,12 @@ Two implementations give the same meta-gradients (to float tolerance; ``tests/me
 
 The model must offer the functional forward of :class:`fewshot.models.base.Functional` and be built with an output
 layer; its logits are taken to be ``F.linear(features(x, params), params[-2], params[-1])``.
+
+Query features at test time (``adapt``'s predictor and ``predict``; training is the same either way), per
+``transductive``: ``false`` (the default) computes each query's features in a batch of its own, the support set
+followed by that query, so that its answer does not depend on the other queries
+(:func:`fewshot.models.base.each_query_with_support`); ``true`` computes a task's query features in one batch, batch
+statistics over the query batch, as MAML's protocol (and the reproduction recipes).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.models.base import batches_tasks, require_functional
+from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 
 @dataclass
@@ -52,6 +58,9 @@ class ANILConfig:
     """Use the plain per-task loop instead of the task-batched fast path (same results, slower)."""
     task_chunk: int = 8
     """Fast path: tasks per batched pass (memory grows with it; 0 = the whole meta-batch)."""
+    transductive: bool = False
+    """Test time: compute a task's query features in one batch (batch statistics over the query batch, as MAML's
+    protocol; a query's answer then depends on the others) instead of each query with the support set alone."""
 
     def __post_init__(self) -> None:
         for name in ("inner_steps", "test_inner_steps"):
@@ -116,6 +125,7 @@ class ANIL(Method):
                                "without one (out_features=None)")
         self.model = model
         self.config = config or ANILConfig()
+        self.transductive = self.config.transductive
 
     def split(self, params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(body, head)`` of a parameter list in ``meta_parameters()`` order: the head is the last two."""
@@ -194,7 +204,11 @@ class ANIL(Method):
         with torch.enable_grad():
             fast = head_loop(support, support_y, head, self.config.test_inner_steps, self.config.inner_lr, False)
         w, b = (p.detach() for p in fast)
-        return lambda query_x: F.linear(self.model.features(query_x, body), w, b)
+        if self.transductive:
+            return lambda query_x: F.linear(self.model.features(query_x, body), w, b)
+        batched = self.fast_path()
+        return lambda query_x: F.linear(
+            each_query_with_support(self.model, body, support_x, query_x, features=True, batched=batched), w, b)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
@@ -208,7 +222,12 @@ class ANIL(Method):
             body_tasks = [p.expand(size, *p.shape) for p in body]
             with torch.no_grad():
                 support = self.model.features_tasks(episode.support_x[part], body_tasks)
-                query = self.model.features_tasks(episode.query_x[part], body_tasks)
+                if self.transductive:
+                    query = self.model.features_tasks(episode.query_x[part], body_tasks)
+                else:
+                    query = torch.stack([each_query_with_support(self.model, body, episode.support_x[t],
+                                                                 episode.query_x[t], features=True)
+                                         for t in range(part.start, part.stop)])
             with torch.enable_grad():
                 fast = head_loop_tasks(support, episode.support_y[part], head, self.config.test_inner_steps,
                                        self.config.inner_lr, create_graph=False)

@@ -4,7 +4,8 @@ A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot
 
 * :meth:`Method.adapt` — adapt to one task from its labelled support set (labels ``0..way-1``) and return a
   predictor: query inputs -> logits ``[queries, way]``. It must not change the method's own weights, and each
-  query's answer must not depend on the other queries passed with it unless the method says it is transductive.
+  query's answer must not depend on the other queries passed with it unless the method says it is transductive
+  (:attr:`Method.transductive`; ``fewshot classify`` sets it False before adapting).
 * :meth:`Method.predict` — logits ``[tasks, N*Q, N]`` for a batch of tasks (an :class:`Episode`); the default adapts
   task by task, a method may batch the tasks (same results).
 * :meth:`Method.training_gradient` — one training step: fill ``.grad`` of :meth:`meta_parameters` from one batch
@@ -50,6 +51,12 @@ class Method(nn.Module, ABC):
     needs_query: ClassVar[bool] = True
     """Whether :meth:`training_gradient` computes its loss on an episode's query examples, so episodic training
     needs ``train.query >= 1`` (False: it trains on the support set alone, or checks its own options)."""
+    transductive: bool = False
+    """Whether the predictor (and :meth:`predict`) scores the queries it is given together, so that one query's
+    answer may depend on the others (the papers' protocol for MAML and Reptile: batch statistics over the query
+    batch). A method that can score either way reads it each time it adapts; setting it False asks every query to be
+    scored on its own (``fewshot classify`` does: a user's answer must not depend on what else they asked). It never
+    changes training."""
 
     @abstractmethod
     def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:

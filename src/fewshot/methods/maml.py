@@ -13,6 +13,16 @@ Two implementations give the same meta-gradients (to float tolerance; ``tests/te
   own backward, so memory is that of one task.
 
 The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
+
+Queries at test time (``adapt``'s predictor and ``predict``; training is the same either way), per ``transductive``:
+
+* ``false`` (the default): each query is scored in a batch of its own, the support set followed by that query, so
+  its batch statistics come from the support set and the query itself and its answer does not depend on the other
+  queries (:func:`fewshot.models.base.each_query_with_support`; on the fast path every query is a task sharing the
+  adapted weights, ``x [Q, N*K+1, ...]``).
+* ``true``: all the queries of a task in one batch, batch statistics over the query batch, as Finn et al.'s code
+  evaluates (and as the reproduction recipes say). Configs written before the option existed (the shipped ``zoo/``
+  checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.models.base import TaskBatched, batches_tasks, require_functional
+from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
 @dataclass
@@ -45,6 +55,9 @@ class MAMLConfig:
     """Use the plain per-task loop instead of the task-batched fast path (same results, slower)."""
     task_chunk: int = 8
     """Fast path: tasks per batched forward/backward (memory grows with it; 0 = the whole meta-batch)."""
+    transductive: bool = False
+    """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
+    a query's answer then depends on the others) instead of each query with the support set alone."""
 
     def __post_init__(self) -> None:
         if self.inner_steps < 1 or self.test_inner_steps < 1:
@@ -106,6 +119,7 @@ class MAML(Method):
         require_functional(model, "MAML")
         self.model = model
         self.config = config or MAMLConfig()
+        self.transductive = self.config.transductive
         self.inner_lrs: nn.ParameterList | None = None
         if self.config.learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
@@ -172,7 +186,10 @@ class MAML(Method):
         with torch.enable_grad():
             fast = inner_loop(self.model, params, support_x, support_y, self.config.test_inner_steps, lrs, False)
         fast = [p.detach() for p in fast]
-        return lambda query_x: self.model(query_x, fast)
+        if self.transductive:
+            return lambda query_x: self.model(query_x, fast)
+        batched = self.fast_path()
+        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
@@ -186,5 +203,11 @@ class MAML(Method):
                 fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
                                         self.config.test_inner_steps, lrs, create_graph=False)
             with torch.no_grad():
-                out.append(self.model.forward_tasks(episode.query_x[part], [p.detach() for p in fast]))
+                fast = [p.detach() for p in fast]
+                if self.transductive:
+                    out.append(self.model.forward_tasks(episode.query_x[part], fast))
+                    continue
+                for i, t in enumerate(range(part.start, part.stop)):
+                    out.append(each_query_with_support(self.model, [p[i] for p in fast], episode.support_x[t],
+                                                       episode.query_x[t]).unsqueeze(0))
         return torch.cat(out)

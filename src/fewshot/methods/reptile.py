@@ -8,6 +8,13 @@ When the model offers the task-batched capability (:class:`fewshot.models.base.T
 tasks of a meta-batch train together (each with its own weights and batch-norm statistics, Adam batched over tasks),
 on exactly the mini-batches the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to
 float tolerance). The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
+
+Queries at test time (``adapt``'s predictor and ``predict``; training is the same either way), per ``transductive``:
+``false`` (the default) scores each query in a batch of its own, the support set followed by that query, so that its
+answer does not depend on the other queries (:func:`fewshot.models.base.each_query_with_support`); ``true`` scores
+a task's queries in one batch, batch statistics over the query batch, as the paper's code evaluates ("transductive"
+in its tables, and in the reproduction recipes). Configs written before the option existed (the shipped ``zoo/``
+checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.models.base import batches_tasks, require_functional
+from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 QUERY_CHUNK = 8
 """Tasks per no-grad query forward on the fast path (bounds its memory)."""
@@ -38,6 +45,9 @@ class ReptileConfig:
     adam_beta2: float = 0.999
     reference: bool = False
     """Train the tasks one by one with ``torch.optim.Adam`` instead of all at once (same results, slower)."""
+    transductive: bool = False
+    """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
+    a query's answer then depends on the others) instead of each query with the support set alone."""
 
     def __post_init__(self) -> None:
         for name in ("inner_steps", "inner_batch", "test_inner_steps", "test_inner_batch"):
@@ -56,6 +66,7 @@ class Reptile(Method):
         require_functional(model, "Reptile")
         self.model = model
         self.config = config or ReptileConfig()
+        self.transductive = self.config.transductive
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
@@ -168,7 +179,10 @@ class Reptile(Method):
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         batch = min(self.config.test_inner_batch, len(support_y))
         fast, _ = self.train_task(support_x, support_y, self.config.test_inner_steps, batch)
-        return lambda query_x: self.model(query_x, fast)
+        if self.transductive:
+            return lambda query_x: self.model(query_x, fast)
+        batched = self.fast_path(support_x)
+        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``: all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
@@ -177,4 +191,7 @@ class Reptile(Method):
         batch = min(self.config.test_inner_batch, episode.support_y.shape[1])
         fast, _ = self.train_tasks(episode.support_x, episode.support_y, self.config.test_inner_steps, batch)
         with torch.no_grad():
-            return self.model.forward_tasks(episode.query_x, fast)
+            if self.transductive:
+                return self.model.forward_tasks(episode.query_x, fast)
+            return torch.stack([each_query_with_support(self.model, [p[t] for p in fast], episode.support_x[t],
+                                                        episode.query_x[t]) for t in range(episode.num_tasks)])

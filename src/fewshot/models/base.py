@@ -115,6 +115,39 @@ def batches_tasks(model: nn.Module) -> bool:
     return isinstance(model, TaskBatched) and bool(model.batches_tasks)
 
 
+QUERY_BATCH_EXAMPLES = 1024
+"""Examples per pass of :func:`each_query_with_support` on the task-batched path (bounds its memory)."""
+
+
+def each_query_with_support(
+    model: nn.Module, params: Sequence[torch.Tensor], support_x: torch.Tensor, query_x: torch.Tensor,
+    features: bool = False, batched: bool = True,
+) -> torch.Tensor:
+    """``model``'s output for each query, computed in a batch of its own: the support set followed by that query
+    alone. Batch statistics, where the model has batch norm, come from the support set and the query itself, never
+    from the other queries, so each query's answer is independent of what else is asked (the non-transductive
+    protocol). ``[Q, out]``: logits (``forward(x, params)``), or the body's features with ``features=True``.
+
+    ``batched`` (and a model offering :class:`TaskBatched`): each query is a task of its own sharing ``params``,
+    ``x [Q, S + 1, ...]``, in passes of at most :data:`QUERY_BATCH_EXAMPLES` examples; otherwise one pass per query.
+    """
+    queries, size = query_x.shape[0], support_x.shape[0] + 1
+    if queries == 0:  # the right shape, nothing in it
+        return (model.features if features else model)(support_x, params)[:0]
+    if batched and batches_tasks(model):
+        run = model.features_tasks if features else model.forward_tasks
+        chunk = max(1, QUERY_BATCH_EXAMPLES // size)
+        out = []
+        for start in range(0, queries, chunk):
+            part = query_x[start : start + chunk]
+            n = part.shape[0]
+            x = torch.cat([support_x.unsqueeze(0).expand(n, *support_x.shape), part.unsqueeze(1)], dim=1)
+            out.append(run(x, [p.expand(n, *p.shape) for p in params])[:, -1])
+        return torch.cat(out)
+    run_one = model.features if features else model
+    return torch.stack([run_one(torch.cat([support_x, query_x[i : i + 1]]), params)[-1] for i in range(queries)])
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU if it has none)."""
     for tensor in module.parameters():
