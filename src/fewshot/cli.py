@@ -161,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
               f"{result.best_val_iteration}")
     if not args.no_test and result.iterations == config.train.iterations:
+        from fewshot.engine import distributed
         from fewshot.engine.checkpoint import load_checkpoint
         from fewshot.engine.scoring import load_weights, score
 
@@ -168,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         load_weights(experiment.method, load_checkpoint(best).weights, best)
         test = score(experiment, best)
         print(f"test accuracy ({config.name}): {test}")
-        (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
+        if distributed.is_main():  # under torchrun every process scored its share; rank 0 writes
+            (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
     return 0
 
 

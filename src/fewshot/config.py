@@ -80,6 +80,12 @@ class TrainConfig:
     device: str = "auto"
     """Where the method runs: ``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (the GPU when torch sees one). Data
     sampling, episode order and the evaluation record stay the same on every device."""
+    dist_timeout: float = 300.0
+    """Distributed runs (``torchrun``): seconds a process waits for the others (joining, or any collective step)
+    before the job ends with an error naming the cause; a process that dies ends the job at once."""
+    world_size: int = 1
+    """Recorded, not chosen: the number of processes the run trains with (``torchrun`` sets it; 1 otherwise). A run
+    resumes only with the same number, so that it continues bit-identically."""
 
     def use_threads(self) -> None:
         """Apply ``threads`` to torch (training, evaluation and ``fewshot classify`` all follow the run's setting)."""
@@ -129,6 +135,9 @@ class TrainConfig:
             raise FewShotError(f"train.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise FewShotError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not self.dist_timeout > 0 or self.world_size < 1:
+            raise FewShotError(f"train.dist_timeout must be > 0 seconds and train.world_size >= 1, got "
+                               f"{self.dist_timeout}, {self.world_size}")
 
 
 @dataclass

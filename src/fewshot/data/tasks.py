@@ -23,6 +23,9 @@ class Episode:
 
     Labels are ``0..N-1``; ``classes[t, j]`` is the data set's class behind label ``j`` of task ``t``.
     For text data sets ``support_x``/``query_x`` are lists (one list of strings per task).
+    ``seeds[t]`` (when given; :class:`TaskSampler` always gives them) seeds whatever a method draws at random while
+    training on task ``t``, so those draws depend on the task alone, not on the other tasks of the batch or on which
+    process of a distributed run trains it.
     """
 
     support_x: Any
@@ -30,6 +33,7 @@ class Episode:
     query_x: Any
     query_y: torch.Tensor
     classes: torch.Tensor
+    seeds: torch.Tensor | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -44,7 +48,7 @@ class Episode:
         pick = (lambda x: x[t : t + 1]) if isinstance(self.support_x, torch.Tensor) else (lambda x: [x[t]])
         return Episode(
             pick(self.support_x), self.support_y[t : t + 1], pick(self.query_x), self.query_y[t : t + 1],
-            self.classes[t : t + 1],
+            self.classes[t : t + 1], None if self.seeds is None else self.seeds[t : t + 1],
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
@@ -54,7 +58,7 @@ class Episode:
             return x.to(device=device, dtype=dtype) if dtype is not None and x.is_floating_point() else x.to(device)
 
         return Episode(move(self.support_x), self.support_y.to(device), move(self.query_x),
-                       self.query_y.to(device), self.classes)
+                       self.query_y.to(device), self.classes, self.seeds)
 
 
 class TaskSampler:
@@ -84,34 +88,48 @@ class TaskSampler:
         self._sizes = sizes
         self._equal = bool((sizes == sizes[0]).all())
 
-    def sample(self, num_tasks: int, iteration: int = 0) -> Episode:
-        """The ``num_tasks`` tasks of batch number ``iteration`` (same arguments, same tasks)."""
+    def sample(self, num_tasks: int, iteration: int = 0, tasks: slice | None = None) -> Episode:
+        """The ``num_tasks`` tasks of batch number ``iteration`` (same arguments, same tasks).
+
+        With ``tasks`` (a slice of ``range(num_tasks)``), only those tasks of that batch: equal to
+        ``sample(num_tasks, iteration)`` cut to ``tasks``, drawn from the same random numbers, but without sorting
+        or loading the other tasks' classes and examples (what one process of a distributed run trains on).
+        """
         g = iteration_generator(self.seed, iteration)
+        pick = slice(None) if tasks is None else tasks
         n, k, q = self.way, self.shot, self.query
         num_classes = len(self._sizes)
-        classes = torch.rand(num_tasks, num_classes, generator=g).argsort(dim=1)[:, :n]
+        draws = torch.rand(num_tasks, num_classes, generator=g)
+        if self._equal:  # every class has the same size: the example draws below do not depend on the classes
+            classes = draws[pick].argsort(dim=1)[:, :n]
+            width = int(self._sizes[0])
+        else:
+            every = draws.argsort(dim=1)[:, :n]
+            width = int(self._sizes[every].max())
+            classes = every[pick]
         sizes = self._sizes[classes]
-        width = int(sizes.max())
-        scores = torch.rand(num_tasks, n, width, generator=g)
+        scores = torch.rand(num_tasks, n, width, generator=g)[pick]
         if not self._equal:
             scores[torch.arange(width).expand_as(scores) >= sizes.unsqueeze(-1)] = 2.0
         examples = scores.argsort(dim=-1)[..., : k + q]
+        count = classes.shape[0]
         flat_classes = classes.unsqueeze(-1).expand(-1, -1, k + q)
         batch = self.dataset.gather(flat_classes.reshape(-1), examples.reshape(-1))
-        labels = torch.arange(n).view(1, n, 1).expand(num_tasks, n, k + q)
-        support_y = labels[..., :k].reshape(num_tasks, n * k)
-        query_y = labels[..., k:].reshape(num_tasks, n * q)
+        labels = torch.arange(n).view(1, n, 1).expand(count, n, k + q)
+        support_y = labels[..., :k].reshape(count, n * k)
+        query_y = labels[..., k:].reshape(count, n * q)
         if isinstance(batch, torch.Tensor):
-            batch = batch.view(num_tasks, n, k + q, *batch.shape[1:])
-            support_x = batch[:, :, :k].reshape(num_tasks, n * k, *batch.shape[3:])
-            query_x = batch[:, :, k:].reshape(num_tasks, n * q, *batch.shape[3:])
+            batch = batch.view(count, n, k + q, *batch.shape[1:])
+            support_x = batch[:, :, :k].reshape(count, n * k, *batch.shape[3:])
+            query_x = batch[:, :, k:].reshape(count, n * q, *batch.shape[3:])
         else:
             items = list(batch)
             per_task = [[items[(t * n + c) * (k + q) : (t * n + c + 1) * (k + q)] for c in range(n)]
-                        for t in range(num_tasks)]
+                        for t in range(count)]
             support_x = [[x for cls in task for x in cls[:k]] for task in per_task]
             query_x = [[x for cls in task for x in cls[k:]] for task in per_task]
-        return Episode(support_x, support_y, query_x, query_y, classes)
+        seeds = torch.randint(2**62, (num_tasks,), generator=g)[pick]  # drawn last: the tasks stay what they were
+        return Episode(support_x, support_y, query_x, query_y, classes, seeds)
 
 
 def fixed_episodes(
@@ -139,5 +157,6 @@ def _stack(tasks: list[Episode]) -> Episode:
     else:
         sx = [x for t in tasks for x in t.support_x]
         qx = [x for t in tasks for x in t.query_x]
+    seeds = None if any(t.seeds is None for t in tasks) else torch.cat([t.seeds for t in tasks])
     return Episode(sx, torch.cat([t.support_y for t in tasks]), qx, torch.cat([t.query_y for t in tasks]),
-                   torch.cat([t.classes for t in tasks]))
+                   torch.cat([t.classes for t in tasks]), seeds)

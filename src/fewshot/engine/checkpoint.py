@@ -1,7 +1,8 @@
 """Checkpoints: one safetensors file per checkpoint, written atomically, loaded without unpickling.
 
 A training checkpoint holds the method's weights (``model.*``), the optimizer's tensors (``optim.*``), the torch RNG
-state (``rng.torch``), and JSON metadata (iteration, config, optimizer hyper-parameters, best validation score).
+state (``rng.torch``; one row per process for a distributed run), and JSON metadata (iteration, config — with
+``train.world_size`` —, optimizer hyper-parameters, best validation score).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import torch
 
 from fewshot.data.base import ClassDataset
 from fewshot.data.tasks import TaskSampler, episode_range
+from fewshot.engine import distributed
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method
@@ -89,7 +90,9 @@ def evaluate(
     needs seconds per task scores one or a few. With ``record`` (:mod:`fewshot.engine.records`), each finished
     chunk's per-episode scores are saved there, and a later call with the same record identity starts after the
     episodes already scored, so a killed evaluation loses at most one chunk (about ``save_every`` seconds of work).
-    Chunking never changes the tasks or their scores: task ``i`` is the same for a given seed.
+    Chunking never changes the tasks or their scores: task ``i`` is the same for a given seed. Under ``torchrun``
+    each chunk's tasks are split over the processes and their scores gathered in order
+    (:class:`fewshot.engine.distributed.EpisodeShards`): the same per-episode scores as one process.
     """
     if chunk < 1 or save_every <= 0:
         raise FewShotError(f"chunk must be >= 1 and save_every > 0, got {chunk}, {save_every}")
@@ -97,31 +100,40 @@ def evaluate(
         raise FewShotError(f"the number of test episodes must be >= 1, got {episodes}")
     if record is not None:
         record = record.with_data(dataset)  # scores of other data (another --data-root) are not these
-    scores = (record.scores() if record is not None else [])[:episodes]
+    # distributed (torchrun): rank 0 reads and writes the record; each chunk's episodes are split over the processes
+    main = distributed.is_main()
+    scores = distributed.from_main(lambda: (record.scores() if record is not None else [])[:episodes])
     done = len(scores)
-    if done:
+    if done and main:
         print(f"continuing the evaluation after {done} recorded episodes ({record.path})", file=sys.stderr)
     sampler = TaskSampler(dataset, way, shot, query, seed=seed)
     bar = None
-    if progress and episodes > done:
+    if progress and episodes > done and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=episodes - done, desc="eval", unit="task", leave=False)
     device = method.device
+    shards = distributed.EpisodeShards()
+
+    def score_range(first: int, size: int) -> tuple[list[float], float]:
+        episode = episode_range(sampler, first, size)
+        start = time.perf_counter()
+        logits = method.predict(episode.to(device))
+        correct = (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
+        return correct, time.perf_counter() - start
+
     try:
         with evaluating(method):
-            size = 1  # the first chunk measures the cost of a task
+            size = 1  # the first chunk measures the cost of a task (per process)
             while len(scores) < episodes:
-                size = min(size, episodes - len(scores))
-                episode = episode_range(sampler, len(scores), size)
-                start = time.perf_counter()
-                logits = method.predict(episode.to(device))
-                scores += (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
-                per_task = (time.perf_counter() - start) / size
-                if record is not None:
+                count = min(size * shards.processes, episodes - len(scores))
+                new, seconds = shards.score(score_range, len(scores), count)
+                scores += new
+                per_task = seconds / math.ceil(count / shards.processes)
+                if record is not None and main:
                     record.write(scores)
                 if bar is not None:
-                    bar.update(size)
+                    bar.update(count)
                 size = max(1, min(chunk, int(save_every / max(per_task, 1e-6))))
             method.end_evaluation()
     finally:

@@ -15,6 +15,7 @@ from fewshot import registry
 from fewshot.config import RunConfig, component_options
 from fewshot.data.base import ClassDataset
 from fewshot.data.tasks import Episode, TaskSampler
+from fewshot.engine import distributed
 from fewshot.engine.evaluate import EvalResult, evaluate
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
@@ -27,7 +28,9 @@ class Experiment(Protocol):
     * ``config`` and ``method``: the run's validated config and the method it trains and scores.
     * :meth:`batch` — the training batch of an iteration, a pure function of the iteration number (a resumed run
       replays the same batches); ``None`` when the kind has nothing to train (the engine then skips the step).
-      Its type is one the method accepts (``Method.trains_on``); a kind checks that when it is built.
+      Its type is one the method accepts (``Method.trains_on``); a kind checks that when it is built. Optionally,
+      a kind whose batches are ``tasks_per_batch`` tasks also takes ``batch(iteration, tasks=slice)``: only those
+      tasks of the batch, the same values (what one process of a distributed run trains on).
     * :meth:`validate` — a score on the validation split (fixed episodes), to pick the best checkpoint.
     * :meth:`test` — the published protocol on the test split (or ``split``); with ``record``, per-episode progress
       is kept there so a killed evaluation continues (kinds that score in one pass may ignore it).
@@ -45,7 +48,9 @@ class Experiment(Protocol):
 
 
 def build_experiment(config: RunConfig, root: str | None = None) -> Experiment:
-    """The experiment a config describes; weights are initialised from ``config.train.seed``."""
+    """The experiment a config describes; weights are initialised from ``config.train.seed``. Under ``torchrun`` the
+    process first joins the others (:func:`fewshot.engine.distributed.init`: its GPU, the process group)."""
+    distributed.init(config.train)
     torch.manual_seed(config.train.seed)
     device = config.train.torch_device()  # fails early, before any loading, when the device is not there
     experiment = registry.EXPERIMENTS[config.experiment].builder()(config, root)
@@ -100,11 +105,16 @@ class EpisodicExperiment:
             self._datasets[split] = build_dataset(self.config, split, self.root)
         return self._datasets[split]
 
-    def batch(self, iteration: int) -> Any:
+    @property
+    def tasks_per_batch(self) -> int | None:
+        """Tasks in a training batch (``None`` for the kinds built on this one that do not train on episodes)."""
+        return self.config.train.meta_batch if self.batch_type is Episode else None
+
+    def batch(self, iteration: int, tasks: slice | None = None) -> Any:
         if self._sampler is None:
             t = self.config.train
             self._sampler = TaskSampler(self.dataset("train"), t.way, t.shot, t.query, seed=t.seed)
-        return self._sampler.sample(self.config.train.meta_batch, iteration)
+        return self._sampler.sample(self.config.train.meta_batch, iteration, tasks)
 
     def validate(self, episodes: int) -> EvalResult:
         e = self.config.eval

@@ -30,9 +30,9 @@ class TextEpisodicExperiment(EpisodicExperiment):
     def _names(self, split: str) -> None:
         self.method.set_class_names(self.dataset(split).class_names)
 
-    def batch(self, iteration: int) -> object:
+    def batch(self, iteration: int, tasks: slice | None = None) -> object:
         self._names("train")
-        return super().batch(iteration)
+        return super().batch(iteration, tasks)
 
     def validate(self, episodes: int) -> EvalResult:
         self._names("val")

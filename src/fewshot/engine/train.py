@@ -19,6 +19,7 @@ import torch
 
 from fewshot.config import RunConfig, TrainConfig
 from fewshot.data.tasks import Episode
+from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, plot_curves, write_report
@@ -85,12 +86,13 @@ def train(
             raise FewShotError(f"cannot resume: {ckpt_dir / LAST} does not exist")
         ckpt = load_checkpoint(ckpt_dir / LAST)
         _check_same_config(ckpt.config, config)
+        distributed.check_resume(ckpt.config, ckpt_dir / LAST)
         try:
             method.load_state_dict(ckpt.weights)
             if ckpt.optimizer is not None:
                 optimizer.load_state_dict(ckpt.optimizer)
             if ckpt.rng is not None:
-                torch.set_rng_state(ckpt.rng)
+                torch.set_rng_state(distributed.own_random_state(ckpt.rng))
             best = float(ckpt.extra.get("best_val_accuracy", -1.0))
             best_it = int(ckpt.extra.get("best_val_iteration", -1))
             wall_before = float(ckpt.extra.get("wall_seconds", 0.0))
@@ -102,13 +104,15 @@ def train(
         if (ckpt_dir / LAST).exists():
             raise FewShotError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         torch.manual_seed(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()  # under torchrun only rank 0 writes the run folder
     config_yaml = config.to_yaml()
-    (run_dir / "config.yaml").write_text(config_yaml)
-    logger = RunLogger(run_dir, resume_from=start)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    logger = RunLogger(run_dir, resume_from=start) if main else None
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.iterations, initial=start, desc=config.name, unit="it", dynamic_ncols=True)
@@ -116,31 +120,37 @@ def train(
     status = "running"
 
     def save(path: Path, iteration: int) -> None:
+        rng = distributed.random_states()  # every process's (a collective), so a resumed run continues exactly
+        if not main:
+            return
         extra = {"best_val_accuracy": best, "best_val_iteration": best_it,
                  "wall_seconds": wall_before + time.perf_counter() - began}
         save_checkpoint(path, Checkpoint(method.state_dict(), iteration, config.to_dict(), optimizer.state_dict(),
-                                         torch.get_rng_state(), extra))
+                                         rng, extra))
 
     device = method.device
     device_type = device.type  # for bf16 autocast
     method.train()
+    distributed.broadcast_weights(method)
     try:
         for it in range(start, end):
             lr = learning_rate(cfg, it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = experiment.batch(it)
+            batch, share = distributed.training_batch(experiment, it, method)  # this process's share (torchrun)
             metrics = {"loss": 0.0}
             if batch is not None:  # None: this kind of run has nothing to train
                 optimizer.zero_grad(set_to_none=True)
-                with bf16_autocast(device_type, cfg.precision == "bf16", "train.precision"):
+                with bf16_autocast(device_type, cfg.precision == "bf16", "train.precision"), \
+                        distributed.shared_statistics(method):
                     metrics = method.training_gradient(batch_to(batch, device))
+                metrics = distributed.reduce_gradients(params, metrics, share)
                 _check_finite(metrics, params, it, ckpt_dir / LAST)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
             done = it + 1
-            if done % cfg.log_every == 0 or done == end:
+            if logger is not None and (done % cfg.log_every == 0 or done == end):
                 logger.log({"iteration": done, "phase": "train", "lr": lr,
                             "seconds": wall_before + time.perf_counter() - began, **metrics})
             if bar is not None:
@@ -150,14 +160,16 @@ def train(
                 with torch.random.fork_rng():
                     val = experiment.validate(cfg.val_episodes)
                 method.train()
-                logger.log({"iteration": done, "phase": "val", "accuracy": val.accuracy, "ci95": val.ci95,
-                            "seconds": wall_before + time.perf_counter() - began})
+                if logger is not None:
+                    logger.log({"iteration": done, "phase": "val", "accuracy": val.accuracy, "ci95": val.ci95,
+                                "seconds": wall_before + time.perf_counter() - began})
                 if bar is not None:
                     bar.write(f"[{config.name}] iteration {done}: validation {val}")
                 if val.accuracy > best:
                     best, best_it = val.accuracy, done
                     save(ckpt_dir / BEST, done)
-            out_of_time = time_limit is not None and time.perf_counter() - began >= time_limit
+            out_of_time = time_limit is not None and distributed.any_process(
+                time.perf_counter() - began >= time_limit)
             if done % cfg.checkpoint_every == 0 or done == end or out_of_time:
                 save(ckpt_dir / LAST, done)
             if out_of_time:
@@ -167,24 +179,28 @@ def train(
     except KeyboardInterrupt:
         status = "interrupted (resume with --resume)"
         raise
-    except TrainingDiverged as exc:
-        status = f"diverged: {exc}"
+    except (TrainingDiverged, distributed.ProcessFailure) as exc:
+        status = f"diverged: {exc}" if isinstance(exc, TrainingDiverged) else f"stopped: {exc}"
         raise
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
         wall = wall_before + time.perf_counter() - began
-        plot_curves(run_dir)
+        if main:
+            plot_curves(run_dir)
         summary = {"name": config.name, "method": config.method.name, "experiment": config.experiment,
                    "iterations": cfg.iterations, "wall_seconds": round(wall, 1), "status": status,
                    "best_val_accuracy": best, "best_val_iteration": best_it,
                    "command": " ".join(shlex.quote(a) for a in sys.argv)}
-        write_report(run_dir, summary, config_yaml)
+        if main:
+            write_report(run_dir, summary, config_yaml)
     if end == 0:  # nothing to train (a pretrained backbone): the run folder still holds its weights
         save(ckpt_dir / LAST, end)
     if best_it < 0:  # no validation ran: the last weights are the ones to use
         save(ckpt_dir / BEST, end)
+    distributed.barrier("waiting for rank 0 to write the checkpoints")
     return TrainResult(run_dir, end, best, best_it, wall_before + time.perf_counter() - began)
 
 

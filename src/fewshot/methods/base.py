@@ -57,6 +57,12 @@ class Method(nn.Module, ABC):
     batch). A method that can score either way reads it each time it adapts; setting it False asks every query to be
     scored on its own (``fewshot classify`` does: a user's answer must not depend on what else they asked). It never
     changes training."""
+    whole_batch_statistics: ClassVar[bool] = False
+    """Whether :meth:`training_gradient` runs the backbone over the whole batch at once (all tasks' images, or all
+    examples, in one forward pass), so batch norm's statistics span the batch; False when each task is run on its
+    own (its own batch statistics). A distributed run gives each process a share of the batch and, for such a
+    method, takes the statistics over every share (:func:`fewshot.models.base.batch_norm`), so it trains exactly as
+    one process on the whole batch."""
 
     @abstractmethod
     def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:

@@ -94,6 +94,7 @@ class DANN(Method):
 
     name = "dann"
     needs_head = False
+    whole_batch_statistics = True
     trains_on = (DomainBatch,)
 
     def __init__(self, model: nn.Module, config: DANNConfig | None = None) -> None:

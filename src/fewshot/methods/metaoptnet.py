@@ -101,6 +101,7 @@ def ridge_logits(query: torch.Tensor, support: torch.Tensor, support_y: torch.Te
 class MetaOptNet(Method):
     name = "metaoptnet"
     needs_head = False
+    whole_batch_statistics = True
 
     def __init__(self, model: nn.Module, config: MetaOptNetConfig | None = None) -> None:
         super().__init__()

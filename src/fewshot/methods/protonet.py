@@ -22,6 +22,7 @@ class ProtoNetConfig:
 class ProtoNet(Method):
     name = "protonet"
     needs_head = False
+    whole_batch_statistics = True
 
     def __init__(self, model: nn.Module, config: ProtoNetConfig | None = None) -> None:
         super().__init__()

@@ -15,6 +15,14 @@ answer does not depend on the other queries (:func:`fewshot.models.base.each_que
 a task's queries in one batch, batch statistics over the query batch, as the paper's code evaluates ("transductive"
 in its tables, and in the reproduction recipes). Configs written before the option existed (the shipped ``zoo/``
 checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
+
+While meta-training, each task's inner mini-batches are drawn from its own generator, seeded by the episode's
+``seeds[t]`` (a function of the run seed, the iteration and the task's place in the batch) mixed with one number drawn
+from torch's global random state per step (so the draws still follow the global seed, and a resumed run replays
+them), so a task trains the same whichever other tasks share its batch and whichever process of a distributed run
+trains it (every process draws the same number: they share the global random state). Adapting to a test task
+(:meth:`adapt`, :meth:`predict`) draws from torch's global random state, as before (the fixed evaluation protocol
+seeds it), so scores of existing checkpoints do not change.
 """
 
 from __future__ import annotations
@@ -57,6 +65,15 @@ class ReptileConfig:
             raise FewShotError(f"inner_lr must be > 0, got {self.inner_lr}")
 
 
+def task_generators(episode: Episode) -> list[torch.Generator] | None:
+    """One generator per task, seeded by ``episode.seeds`` and one draw from the global random state (``None`` when
+    the episode carries no seeds: then the global random state is used, task after task)."""
+    if episode.seeds is None:
+        return None
+    step = int(torch.randint(2**62, (1,)))
+    return [torch.Generator().manual_seed(step ^ int(seed)) for seed in episode.seeds]
+
+
 class Reptile(Method):
     name = "reptile"
     needs_query = False  # trains on the support set; queries (if any) only measure accuracy
@@ -73,27 +90,32 @@ class Reptile(Method):
         return not self.config.reference and batches_tasks(self.model) and isinstance(x, torch.Tensor)
 
     @staticmethod
-    def schedule(size: int, steps: int, batch: int) -> list[torch.Tensor]:
-        """The support indices of each inner step: a shuffled pass, reshuffled when the next batch would not fit."""
-        order = torch.randperm(size)
+    def schedule(size: int, steps: int, batch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """The support indices of each inner step: a shuffled pass, reshuffled when the next batch would not fit
+        (drawn from ``generator``, else from torch's global random state)."""
+        order = torch.randperm(size, generator=generator)
         position, picks = 0, []
         for _ in range(steps):
             if position + batch > len(order):
-                order, position = torch.randperm(size), 0
+                order, position = torch.randperm(size, generator=generator), 0
             picks.append(order[position : position + batch])
             position += batch
         return picks
 
     def train_tasks(
-        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
+        generators: list[torch.Generator] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """:meth:`train_task` for ``T`` tasks at once (``x`` is ``[T, N, ...]``): task weights ``[T, ...]``, losses.
 
-        Draws the same mini-batches as calling :meth:`train_task` task after task, and takes the same Adam
-        (beta1 = 0) steps as ``torch.optim.Adam``, batched over tasks.
+        Draws the same mini-batches as calling :meth:`train_task` task after task (task ``t`` from
+        ``generators[t]`` when given), and takes the same Adam (beta1 = 0) steps as ``torch.optim.Adam``, batched
+        over tasks.
         """
         tasks = y.shape[0]
-        picks = torch.stack([torch.stack(self.schedule(y.shape[1], steps, batch)) for _ in range(tasks)], dim=1)
+        gens = generators or [None] * tasks
+        picks = torch.stack([torch.stack(self.schedule(y.shape[1], steps, batch, gens[t])) for t in range(tasks)],
+                            dim=1)
         rows = torch.arange(tasks).unsqueeze(1)
         fast = [p.detach().expand(tasks, *p.shape).clone() for p in self.model.meta_parameters()]
         second = [torch.zeros_like(p) for p in fast]
@@ -119,16 +141,18 @@ class Reptile(Method):
             torch._foreach_addcdiv_(fast, grads, denom, value=-lr)
         return fast, losses
 
-    def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int) -> tuple[list[torch.Tensor], float]:
-        """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)``; returns the task weights."""
+    def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
+                   generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], float]:
+        """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)`` (drawn from ``generator``, else
+        from torch's global random state); returns the task weights."""
         fast = [p.detach().clone().requires_grad_() for p in self.model.meta_parameters()]
         optimizer = torch.optim.Adam(fast, lr=self.config.inner_lr, betas=(0.0, self.config.adam_beta2))
-        order = torch.randperm(len(y))
+        order = torch.randperm(len(y), generator=generator)
         position, loss = 0, torch.zeros(())
         with torch.enable_grad():
             for _ in range(steps):
                 if position + batch > len(order):
-                    order, position = torch.randperm(len(y)), 0
+                    order, position = torch.randperm(len(y), generator=generator), 0
                 pick = order[position : position + batch]
                 position += batch
                 loss = F.cross_entropy(self.model(x[pick], fast), y[pick])
@@ -144,7 +168,7 @@ class Reptile(Method):
         params = self.model.meta_parameters()
         tasks = episode.num_tasks
         fast, losses = self.train_tasks(episode.support_x, episode.support_y, self.config.inner_steps,
-                                        self.config.inner_batch)
+                                        self.config.inner_batch, task_generators(episode))
         accuracy_sum = 0.0
         if episode.query_y.shape[1] > 0:
             with torch.no_grad():
@@ -163,9 +187,10 @@ class Reptile(Method):
         tasks = episode.num_tasks
         deltas = [torch.zeros_like(p) for p in params]
         total_loss, total_acc = 0.0, 0.0
+        generators = task_generators(episode) or [None] * tasks
         for t in range(tasks):
             x, y = episode.support_x[t], episode.support_y[t]
-            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch)
+            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t])
             for d, p, f in zip(deltas, params, fast, strict=True):
                 d.add_(p.detach() - f, alpha=1 / tasks)
             total_loss += loss

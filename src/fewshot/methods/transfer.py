@@ -17,6 +17,7 @@ class TransferMethod(Method):
     """A backbone and a per-task classifier; trains (if at all) by classification over all training classes."""
 
     needs_head = False
+    whole_batch_statistics = True
     trains_on = (LabelledBatch,)
 
     def __init__(self, model: nn.Module) -> None:

@@ -23,11 +23,13 @@ the way of the N-way output layer for methods that need one (``Method.needs_head
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.data.inputs import batch_len, take, to_device
@@ -155,6 +157,54 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+_BATCH_TOTAL: ContextVar[Callable[[torch.Tensor], torch.Tensor] | None] = ContextVar("batch_total", default=None)
+
+
+@contextmanager
+def batch_shared(total: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the block, the batch a backbone sees is one share of a larger batch, and ``total(t)`` sums a tensor
+    over all the shares, differentiably (a distributed run passes an all-reduce over its processes):
+    :func:`batch_norm` in training then normalises with the statistics of the whole batch."""
+    token = _BATCH_TOTAL.set(total)
+    try:
+        yield
+    finally:
+        _BATCH_TOTAL.reset(token)
+
+
+def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None, bias: torch.Tensor | None, training: bool, momentum: float = 0.1,
+               eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm`` for backbones that run batch norm functionally. Inside :func:`batch_shared`, in training, the
+    mean and variance are those of the whole batch (every share), running statistics are updated with them, and the
+    gradient flows through them to every share: one process per share computes what one process computes on the
+    whole batch, to float rounding (torch's ``SyncBatchNorm`` does the same for ``nn.BatchNorm`` modules, on GPUs
+    only)."""
+    total = _BATCH_TOTAL.get()
+    if total is None or not training:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training=training, momentum=momentum, eps=eps)
+    h = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    dims = [0, *range(2, h.dim())]
+    shape = [1, -1] + [1] * (h.dim() - 2)
+    sums = total(torch.cat([h.sum(dims), h.new_full((1,), h.numel() // h.shape[1])]))
+    count = sums[-1].detach()
+    mean = sums[:-1] / count
+    centred = h - mean.view(shape)
+    var = total((centred * centred).sum(dims)) / count
+    out = centred * torch.rsqrt(var + eps).view(shape)
+    if weight is not None:
+        out = out * weight.view(shape)
+    if bias is not None:
+        out = out + bias.view(shape)
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * count / (count - 1).clamp(min=1)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return out.to(x.dtype)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.errors import FewShotError
+from fewshot.models.base import batch_norm
 
 VARIANTS = ("strided", "maxpool")
 POOLS = ("mean", "flatten")
@@ -107,7 +108,7 @@ class Conv4(nn.Module):
             w, b, gamma, beta = params[4 * i : 4 * i + 4]
             x = F.conv2d(x, w, b, stride=stride, padding=1)
             use_running = self.running_stats and not self.training
-            x = F.batch_norm(
+            x = batch_norm(
                 x,
                 norm.running_mean if self.running_stats else None,
                 norm.running_var if self.running_stats else None,
