@@ -380,6 +380,12 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_other_data():
+    yield
+    shutil.rmtree(OTHER_DATA, ignore_errors=True)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_case(case, tmp_path, data_root):
     judge(case, run_case(case, tmp_path / "case", data_root), tmp_path / "case")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
@@ -63,10 +63,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
         raise FewShotError(f"no checkpoint at {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            text = (f.metadata() or {}).get("fewshot")
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError) as exc:
+        blob = path.read_bytes()  # one read of one file, even if a running training replaces it meanwhile
+        tensors = load(blob)
+        size = int.from_bytes(blob[:8], "little")
+        text = (json.loads(blob[8 : 8 + size]).get("__metadata__") or {}).get("fewshot")
+    except (SafetensorError, OSError, ValueError, AttributeError) as exc:
         raise FewShotError(f"{path} is not a readable fewshot checkpoint (damaged, cut short, or not safetensors): "
                            f"{exc}") from exc
     meta = _metadata(path, text)
