@@ -10,8 +10,9 @@ fool it. The paper's schedules, with training progress ``p`` in [0, 1]:
   signal, -> 1);
 * ``mu_p = mu_0 / (1 + alpha p) ** beta`` with ``alpha = 10``, ``beta = 0.75``. The engine owns the optimizer and
   its learning rate (``train.lr`` = ``mu_0``), so the factor ``1 / (1 + alpha p) ** beta`` is applied to the
-  gradients instead. With plain SGD that is exactly the paper's schedule; with momentum 0.9 it differs only by the
-  momentum buffer's ~10-step lag, over which the factor changes by < 1%.
+  gradients instead. With plain SGD (the shipped recipes) that is exactly the paper's schedule; with
+  ``train.momentum=0.9`` (the paper's) it differs only by the momentum buffer's ~10-step lag, over which the factor
+  changes by < 1%.
 
 Modes (``mode``): ``dann``; ``source_only`` (same network and data, ``lambda = 0``: the discriminator still trains on
 detached features, as a monitor of how separable the domains are, but never influences ``G_f``); ``target_only``
