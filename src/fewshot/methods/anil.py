@@ -35,7 +35,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 
@@ -137,10 +137,6 @@ class ANIL(Method):
             return False
         return episode is None or isinstance(episode.support_x, torch.Tensor)
 
-    def _chunks(self, tasks: int) -> list[slice]:
-        size = self.config.task_chunk or tasks
-        return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
-
     def training_gradient(self, episode: Episode) -> dict[str, float]:
         """The meta-gradient of a batch of tasks (body and head initialisation), accumulated into ``.grad``."""
         if self.fast_path(episode):
@@ -152,7 +148,7 @@ class ANIL(Method):
         first_order = self.config.first_order
         tasks = episode.num_tasks
         total_loss, total_acc = 0.0, 0.0
-        for part in self._chunks(tasks):
+        for part in task_chunks(tasks, self.config.task_chunk):
             query_y = episode.query_y[part]
             size = query_y.shape[0]
             body_tasks = [p.expand(size, *p.shape) for p in body]
@@ -161,11 +157,9 @@ class ANIL(Method):
             fast = head_loop_tasks(support, episode.support_y[part], head, self.config.inner_steps,
                                    self.config.inner_lr, create_graph=not first_order)
             logits = linear_tasks(self.model.features_tasks(episode.query_x[part], body_tasks), fast)
-            losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(), reduction="none").view(query_y.shape)
-            loss = losses.mean(1).sum()
-            (loss / tasks).backward()
-            total_loss += loss.item()
-            total_acc += (logits.argmax(-1) == query_y).float().mean(1).sum().item()
+            loss, acc = backward_query_loss(logits, query_y, tasks)
+            total_loss += loss
+            total_acc += acc
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
     def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
@@ -217,7 +211,7 @@ class ANIL(Method):
         body, head = self._detached()
         self._check_way(episode.way, head)
         out = []
-        for part in self._chunks(episode.num_tasks):
+        for part in task_chunks(episode.num_tasks, self.config.task_chunk):
             size = episode.support_y[part].shape[0]
             body_tasks = [p.expand(size, *p.shape) for p in body]
             with torch.no_grad():

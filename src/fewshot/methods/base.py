@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewshot.data.tasks import Episode
@@ -127,6 +128,21 @@ class DomainClassifier(Protocol):
     target_shots: int
 
     def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def task_chunks(tasks: int, size: int) -> list[slice]:
+    """Slices of at most ``size`` tasks covering ``tasks`` (``size`` 0: all at once), for task-batched fast paths."""
+    size = size or tasks
+    return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
+
+
+def backward_query_loss(logits: torch.Tensor, query_y: torch.Tensor, tasks: int) -> tuple[float, float]:
+    """Backward of a chunk's query loss ``[T, Q, way]`` as its share of the mean over ``tasks`` tasks; returns the
+    chunk's summed per-task loss and accuracy (for the step's metrics)."""
+    losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(), reduction="none").view(query_y.shape)
+    loss = losses.mean(1).sum()
+    (loss / tasks).backward()
+    return loss.item(), (logits.argmax(-1) == query_y).float().mean(1).sum().item()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

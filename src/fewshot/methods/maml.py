@@ -36,7 +36,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
 from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
@@ -143,25 +143,19 @@ class MAML(Method):
             return self._meta_gradient_tasks(episode)
         return self.meta_gradient_reference(episode)
 
-    def _chunks(self, tasks: int) -> list[slice]:
-        size = self.config.task_chunk or tasks
-        return [slice(start, min(start + size, tasks)) for start in range(0, tasks, size)]
-
     def _meta_gradient_tasks(self, episode: Episode) -> dict[str, float]:
         params = self.model.meta_parameters()
         lrs = self._lrs()
         tasks = episode.num_tasks
         total_loss, total_acc = 0.0, 0.0
-        for part in self._chunks(tasks):
+        for part in task_chunks(tasks, self.config.task_chunk):
             fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
                                     self.config.inner_steps, lrs, create_graph=not self.config.first_order)
             query_y = episode.query_y[part]
             logits = self.model.forward_tasks(episode.query_x[part], fast)
-            losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(), reduction="none").view(query_y.shape)
-            loss = losses.mean(1).sum()
-            (loss / tasks).backward()
-            total_loss += loss.item()
-            total_acc += (logits.argmax(-1) == query_y).float().mean(1).sum().item()
+            loss, acc = backward_query_loss(logits, query_y, tasks)
+            total_loss += loss
+            total_acc += acc
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
     def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
@@ -198,7 +192,7 @@ class MAML(Method):
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
         out = []
-        for part in self._chunks(episode.num_tasks):
+        for part in task_chunks(episode.num_tasks, self.config.task_chunk):
             with torch.enable_grad():
                 fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
                                         self.config.test_inner_steps, lrs, create_graph=False)
