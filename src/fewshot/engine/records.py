@@ -13,7 +13,8 @@ with the same identity. Records are written atomically.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,12 @@ class EvalRecord:
 
     path: Path
     identity: dict[str, Any]
+    unwritable: bool = field(default=False, compare=False, repr=False)
+    """Set when a write failed: later chunks are not tried again."""
 
     def scores(self) -> list[float]:
         """The recorded scores if the file holds this identity's, else none (a fresh start)."""
-        if not self.path.is_file():
+        if self.unwritable or not self.path.is_file():
             return []
         try:
             saved = json.loads(self.path.read_text())
@@ -50,11 +53,25 @@ class EvalRecord:
         return [float(s) for s in saved.get("scores", [])]
 
     def write(self, scores: list[float]) -> None:
-        atomic_write(self.path, json.dumps({"identity": self.identity, "episodes_done": len(scores),
-                                            "scores": scores}) + "\n")
+        """Keep ``scores``; a record that cannot be written (read-only run folder, full disk) is a warning, once: the
+        evaluation goes on, it only cannot be continued after a kill."""
+        if self.unwritable:
+            return
+        try:
+            atomic_write(self.path, json.dumps({"identity": self.identity, "episodes_done": len(scores),
+                                                "scores": scores}) + "\n")
+        except OSError as exc:
+            self.unwritable = True
+            print(f"fewshot: warning: cannot keep the evaluation record {self.path}: {exc.strerror or exc}; "
+                  f"scoring goes on without it", file=sys.stderr)
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # then its scores are not used either
+            self.unwritable = True
+            print(f"fewshot: warning: cannot remove the evaluation record {self.path}: {exc.strerror or exc}; "
+                  f"scoring every episode without it", file=sys.stderr)
 
 
 def record_identity(config: Any, weights: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
