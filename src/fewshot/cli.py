@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,14 +34,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    terminate = _on_sigterm()
     try:
         return args.func(args)
     except FewShotError as exc:
         print(f"fewshot: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fewshot: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # SIGINT (Ctrl-C) or SIGTERM
+        signum = getattr(exc, "signum", signal.SIGINT)
+        kept = getattr(exc, "message", "") or "the last checkpoint is kept (continue with --resume)"
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"fewshot: {what}; {kept}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _on_sigterm() -> object:
+    """Make SIGTERM end the command like Ctrl-C (a clean line, exit 143) instead of killing it; the handler it
+    replaces, to restore (``None`` outside the main thread)."""
+    import threading
+
+    from fewshot.errors import Interrupted
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 class Parser(argparse.ArgumentParser):
@@ -68,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe name, YAML path, or (with --resume) a run folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the given run folder)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the given run folder); only "
+                   "settings that leave the training computation as it was may differ (threads, device, how often to "
+                   "validate, save and log, the budget with a constant or step schedule)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even with other settings "
+                   "(recorded in the run folder; the run is no longer one uninterrupted run of one config)")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,37 +168,42 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.config import RunConfig, apply_overrides, load_raw
+    from fewshot.engine.distributed import launched_main
     from fewshot.engine.experiment import build_experiment
-    from fewshot.engine.train import train
+    from fewshot.engine.run_folder import check_run_folder, check_run_name, lock_run_folder, read_run_config
+    from fewshot.engine.train import test_best, train
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FewShotError(f"--stop-after must be >= 1 (iterations to train before stopping), got {args.stop_after}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise FewShotError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     source = Path(args.recipe)
     if source.is_dir():
+        raw = read_run_config(source)
         if not args.resume:
             raise FewShotError(f"{source} is a run folder; pass --resume to continue it")
         run_dir = args.out or source
-        raw = load_raw(source / "config.yaml")
     else:
         raw = load_raw(args.recipe)
-        run_dir = args.out or Path("runs") / str(raw.get("name", source.stem))
+        run_dir = args.out or Path("runs") / check_run_name(str(raw.get("name", source.stem)))
     config = RunConfig.from_dict(apply_overrides(raw, args.overrides))
-    experiment = build_experiment(config, args.data_root)
-    result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress,
-                   stop_after=args.stop_after, time_limit=None if args.time_limit is None else 60 * args.time_limit)
-    print(f"run folder: {run_dir}")
-    if result.best_val_iteration >= 0:
-        print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
-              f"{result.best_val_iteration}")
-    if not args.no_test and result.iterations == config.train.iterations:
-        from fewshot.engine import distributed
-        from fewshot.engine.checkpoint import load_checkpoint
-        from fewshot.engine.scoring import load_weights, score
-
-        best = run_dir / "checkpoints" / "best.safetensors"
-        load_weights(experiment.method, load_checkpoint(best).weights, best)
-        test = score(experiment, best)
-        print(f"test accuracy ({config.name}): {test}")
-        if distributed.is_main():  # under torchrun every process scored its share; rank 0 writes
-            (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
+    main = launched_main()  # under torchrun rank 0 holds and checks the run folder
+    with lock_run_folder(run_dir) if main else nullcontext():
+        if main:
+            check_run_folder(run_dir, args.resume)  # before building anything
+        experiment = build_experiment(config, args.data_root)
+        result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force,
+                       stop_after=args.stop_after,
+                       time_limit=None if args.time_limit is None else 60 * args.time_limit)
+        if main:
+            print(f"run folder: {run_dir}")
+        if main and result.best_val_iteration >= 0:
+            print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
+                  f"{result.best_val_iteration}")
+        if not args.no_test and result.iterations == config.train.iterations:
+            test = test_best(experiment, run_dir)
+            if main:
+                print(f"test accuracy ({config.name}): {test}")
     return 0
 
 
