@@ -251,6 +251,12 @@ def score_shots(run_dir: Path, shots: list[int], episodes: int | None = None, da
             continue
         if note is not None:
             note(f"{shot}-shot: {result}")
+        if not any(p.name.startswith(f"best_{config.eval.split}_{config.eval.way}w{shot}s")
+                   for p in run_record_files(run_dir, "best", config.eval.split)):
+            if note is not None:
+                note("this kind of run keeps no per-episode records (it scores in one pass), so the report cannot "
+                     "show accuracy against shots; --shots is for episodic runs")
+            break
         done.append(shot)
     return done
 
