@@ -199,7 +199,7 @@ def _curves(rows: list[dict[str, Any]]) -> str:
                             label="validation ± 95% CI")
         ax_loss.set(xlabel=xlabel, ylabel="loss", title=f"training loss vs {xlabel}")
         ax_acc.set(xlabel=xlabel, ylabel="accuracy", title=f"accuracy vs {xlabel}")
-        ax_acc.legend(loc="lower right")
+        ax_acc.legend(loc="best")
         for ax in row_axes:
             ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -245,7 +245,7 @@ def _histogram(ev: dict[str, Any] | None) -> str:
     if isinstance(queries, int) and 0 < queries <= 200:  # one bin per possible score k / queries
         edges = [(k - 0.5) / queries for k in range(queries + 2)]
     else:
-        edges = 20
+        edges = [i / 40 for i in range(41)]
     ax.hist(scores, bins=edges, color="#8fb3d9", edgecolor="#4a6f96")
     if ci is not None:
         ax.axvspan(mean - ci, mean + ci, color="#d62728", alpha=0.18, label=f"95% CI ± {100 * ci:.2f}%")
