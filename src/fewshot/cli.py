@@ -18,6 +18,7 @@ EPILOG = """examples:
   fewshot train runs/proto --resume
   fewshot eval runs/proto --episodes 600 --json
   fewshot compare runs/proto runs/maml                # paired difference on the same test episodes
+  fewshot report runs/proto --shots 1,5,10           # one HTML page: curves, accuracy vs shots, confusions
   fewshot classify runs/proto my_letters/ query1.png query2.png
   fewshot classify clinc150_5w1s_features_minilm intents.csv "book me a table for two"
 data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc150/, ..."""
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a recipe (see `fewshot recipes`) or a YAML file. Overrides are dotted "
                                    "key=value pairs: train.meta_batch=16 method.inner_steps=5 (a key naming one "
                                    "field, like meta_batch=16, works too). The run folder gets config.yaml, "
-                                   "metrics.jsonl/.csv, checkpoints/, curves.png and report.md.")
+                                   "metrics.jsonl/.csv, checkpoints/, curves.png, report.md and "
+                                   "report.html (see `fewshot report`).")
     p.add_argument("recipe", help="recipe name, YAML path, or (with --resume) a run folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe name>)")
@@ -132,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write a run folder's report: one self-contained HTML page",
+                       description="Write RUN/report.html (or --out): learning curves, test accuracy vs shots, "
+                                   "per-episode accuracy, the most confused classes, the config and the environment; "
+                                   "one file with its plots embedded. `fewshot train` writes it at the end of a run.")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--out", type=Path, help="HTML file to write (default RUN/report.html); a file that is not a "
+                                            "fewshot report is never overwritten")
+    p.add_argument("--shots", help="comma-separated shot counts, e.g. 1,5,10: score the best checkpoint at those "
+                                   "not yet recorded (kept in RUN/checkpoints/eval/, so a second call reuses them)")
+    p.add_argument("--episodes", type=int, help="test episodes per shot count for --shots (default: the run's)")
+    p.add_argument("--data-root", help="data folder for --shots (default $FEWSHOT_DATA)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("classify", help="classify your own examples from a few labelled ones",
                        description="Adapt a trained run (folder or checkpoint) or a pretrained recipe to YOUR labelled "
@@ -204,6 +219,38 @@ def cmd_train(args: argparse.Namespace) -> int:
             test = test_best(experiment, run_dir)
             if main:
                 print(f"test accuracy ({config.name}): {test}")
+        _write_run_report(run_dir)
+    return 0
+
+
+def _write_run_report(run_dir: Path) -> None:
+    """The HTML report at the end of ``fewshot train`` (rank 0); a problem with it is a note, not a failed run."""
+    from fewshot.engine import distributed
+    from fewshot.engine.report import write_report
+
+    if not distributed.is_main():
+        return
+    try:
+        print(f"report: {write_report(run_dir, note=_note)}")
+    except (FewShotError, OSError) as exc:
+        _note(f"no HTML report written: {exc}")
+
+
+def _note(message: str) -> None:
+    print(f"fewshot: note: {message}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fewshot.engine.report import check_run_folder, score_shots, write_report
+
+    check_run_folder(args.run)
+    if args.shots:
+        try:
+            shots = [int(s) for s in args.shots.split(",") if s.strip()]
+        except ValueError:
+            raise FewShotError(f"--shots takes comma-separated counts like 1,5,10, got {args.shots!r}") from None
+        score_shots(args.run, shots, args.episodes, args.data_root, progress=True, note=_note)
+    print(write_report(args.run, args.out, note=_note))
     return 0
 
 
