@@ -25,6 +25,13 @@ data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # the user's own components: --plugin FILE_OR_MODULE (anywhere, repeatable) and $FEWSHOT_PLUGINS
+        from fewshot.registry import plugins_from_command_line
+
+        argv = plugins_from_command_line(sys.argv[1:] if argv is None else list(argv))
+    except FewShotError as exc:
+        print(f"fewshot: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides given after an option (`train RUN --resume k=v`) land here
