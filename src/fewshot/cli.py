@@ -194,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.engine.experiment import build_experiment
     from fewshot.engine.run_folder import check_run_folder, check_run_name, lock_run_folder, read_run_config
     from fewshot.engine.train import test_best, train
+    from fewshot.hashing import weights_sha256
 
     if args.stop_after is not None and args.stop_after < 1:
         raise FewShotError(f"--stop-after must be >= 1 (iterations to train before stopping), got {args.stop_after}")
@@ -222,15 +223,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         if main and result.best_val_iteration >= 0:
             print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
                   f"{result.best_val_iteration}")
+        best_sha256 = None
         if not args.no_test and result.iterations == config.train.iterations:
             test = test_best(experiment, run_dir)
+            best_sha256 = weights_sha256(experiment.method.state_dict())  # test_best loaded the best weights
             if main:
                 print(f"test accuracy ({config.name}): {test}")
-        _write_run_report(run_dir)
+        _write_run_report(run_dir, best_sha256)
     return 0
 
 
-def _write_run_report(run_dir: Path) -> None:
+def _write_run_report(run_dir: Path, best_sha256: str | None) -> None:
     """The HTML report at the end of ``fewshot train`` (rank 0); a problem with it is a note, not a failed run."""
     from fewshot.engine import distributed
     from fewshot.engine.report import write_report
@@ -238,7 +241,7 @@ def _write_run_report(run_dir: Path) -> None:
     if not distributed.is_main():
         return
     try:
-        print(f"report: {write_report(run_dir, note=_note)}")
+        print(f"report: {write_report(run_dir, note=_note, best_sha256=best_sha256)}")
     except (FewShotError, OSError) as exc:
         _note(f"no HTML report written: {exc}")
 

@@ -47,9 +47,11 @@ def is_report(path: Path) -> bool:
         return False
 
 
-def write_report(run_dir: Path, out: Path | None = None, note: Callable[[str], None] | None = None) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, note: Callable[[str], None] | None = None,
+                 best_sha256: str | None = None) -> Path:
     """Write the HTML report of ``run_dir`` to ``out`` (default ``RUN/report.html``), atomically; refuses to replace
-    a file that is not a fewshot report."""
+    a file that is not a fewshot report. ``best_sha256``: the best checkpoint's weights hash when the caller holds
+    those weights already (``fewshot train`` after its test), so the checkpoint is not read again."""
     from fewshot.engine.html_report import render
 
     run_dir = Path(run_dir)
@@ -59,12 +61,13 @@ def write_report(run_dir: Path, out: Path | None = None, note: Callable[[str], N
         raise FewShotError(f"{out} is a folder; give --out a file name")
     if out.exists() and not is_report(out):
         raise FewShotError(f"{out} exists and is not a fewshot report; not overwriting it (choose another --out)")
-    data = collect(run_dir, note)
+    data = collect(run_dir, note, best_sha256)
     atomic_write(out, render(data))
     return out
 
 
-def collect(run_dir: Path, note: Callable[[str], None] | None = None) -> dict[str, Any]:
+def collect(run_dir: Path, note: Callable[[str], None] | None = None, best_sha256: str | None = None,
+            ) -> dict[str, Any]:
     """The report's content (plain JSON data; the page embeds it too)."""
     from fewshot import __version__
     from fewshot.config import load_raw
@@ -73,7 +76,7 @@ def collect(run_dir: Path, note: Callable[[str], None] | None = None) -> dict[st
     config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
     raw = load_raw(run_dir / "config.yaml")
     rows = read_metrics(run_dir)
-    evaluations, notes = current_evaluations(run_dir, raw)
+    evaluations, notes = current_evaluations(run_dir, raw, best_sha256)
     for message in notes:
         if note is not None:
             note(message)
@@ -116,7 +119,8 @@ def summary(raw: dict[str, Any], rows: list[dict[str, Any]], test: Any) -> dict[
     }
 
 
-def current_evaluations(run_dir: Path, raw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+def current_evaluations(run_dir: Path, raw: dict[str, Any], best_sha256: str | None = None,
+                        ) -> tuple[list[dict[str, Any]], list[str]]:
     """The valid test records of the best checkpoint under the run's own settings and the weights it holds now,
     with their predictions; and notes on the records left out."""
     from fewshot.engine.checkpoint import load_checkpoint
@@ -129,7 +133,7 @@ def current_evaluations(run_dir: Path, raw: dict[str, Any]) -> tuple[list[dict[s
         return [], []
     if not best.is_file():
         return [], [f"{run_dir} has evaluation records but no best checkpoint; they are left out"]
-    sha = weights_sha256(load_checkpoint(best).weights)
+    sha = best_sha256 or weights_sha256(load_checkpoint(best).weights)
     own = run_settings(run_dir)
     out, notes = [], []
     for path in files:
