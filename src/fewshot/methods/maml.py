@@ -64,13 +64,7 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
-from fewshot.models.base import (
-    TaskBatched,
-    batches_tasks,
-    each_query_with_support,
-    require_functional,
-    require_per_step_norm,
-)
+from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
 @dataclass
@@ -284,6 +278,8 @@ class MAML(Method):
 
     def _plus_plus_setup(self) -> nn.ParameterList | None:
         """Switch on the model's per-step batch norm (BNWB / BNRS); return LSLR's rates (``None`` without LSLR)."""
+        from fewshot.models.base import require_per_step_norm  # here: keeps the module's imports as MAML's
+
         config = self.config
         if config.per_step_bn_weights or config.per_step_bn_stats:
             require_per_step_norm(self.model, "MAML++'s per-step batch norm (per_step_bn_weights, per_step_bn_stats)")
