@@ -72,7 +72,12 @@ RUNS = [
         "method.length=2"),
     run("supervised_finetune", "omniglot_5w1s_baseline_finetune_conv4", *CONV, "train.batch_size=8"),
     run("dann", "mnist_usps_dann_5shot", "train.batch_size=8", "train.lr=0.05"),
+    run("mamlpp", "omniglot_5w1s_mamlpp", *CONV, "train.meta_batch=4", "train.query=2", "method.inner_steps=2",
+        "method.test_inner_steps=2", "method.msl_iterations=2", "method.first_order_iterations=1"),
 ]
+PER_PROCESS = {"mamlpp": re.compile(r"running_(mean|var)$")}
+"""Buffers each process keeps for itself: MAML++'s per-step running statistics follow its own tasks (they are
+used only when scoring, and rank 0's are saved); its parameters must still equal one process's."""
 CONTROLS = [
     run("maml_same_tasks", "omniglot_5w1s_maml", *MAML, control="same_tasks"),
     run("protonet_unsynced_bn", "omniglot_5w1s_protonet", *PROTONET, control="unsynced_bn"),
@@ -146,11 +151,13 @@ def result(folder: Path) -> dict:
 
 
 def relative_difference(one: Path, two: Path) -> float:
-    """``|w_2 - w_1| / |w_1 - w_0|`` over the trained weights and buffers (``INERT`` entries left out)."""
+    """``|w_2 - w_1| / |w_1 - w_0|`` over the trained weights and buffers (``INERT`` and ``PER_PROCESS`` entries
+    left out)."""
     initial = torch.load(one / "initial.pt")
     w1 = load_checkpoint(one / "checkpoints" / "last.safetensors").weights
     w2 = load_checkpoint(two / "checkpoints" / "last.safetensors").weights
-    keys = [k for k in sorted(w1) if w1[k].is_floating_point() and not INERT.search(k)]
+    own = PER_PROCESS.get(one.name, INERT)
+    keys = [k for k in sorted(w1) if w1[k].is_floating_point() and not INERT.search(k) and not own.search(k)]
     flat = lambda w: torch.cat([w[k].double().flatten() for k in keys])  # noqa: E731
     update = flat(w1) - flat(initial)
     assert update.norm() > 0, "the run did not train"
