@@ -36,7 +36,8 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
+from fewshot.methods.base import Method, accuracy, backward_query_loss, task_chunks
+from fewshot.methods.fast_weights import FastWeights
 from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
@@ -174,16 +175,15 @@ class MAML(Method):
             total_acc += accuracy(logits, episode.query_y[t])
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
         with torch.enable_grad():
             fast = inner_loop(self.model, params, support_x, support_y, self.config.test_inner_steps, lrs, False)
-        fast = [p.detach() for p in fast]
-        if self.transductive:
-            return lambda query_x: self.model(query_x, fast)
-        batched = self.fast_path()
-        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched)
+        return FastWeights(self, [p.detach() for p in fast], support_x, self.transductive, self.fast_path())
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> FastWeights:
+        return FastWeights.restore(self, state, way, self.transductive, self.fast_path())
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
