@@ -106,6 +106,8 @@ class Classifier:
 
         bar = tqdm(total=len(items), unit=" inputs", file=sys.stderr, disable=not progress, leave=False)
         device = self.method.device
+        # nothing cached by earlier calls: the same inputs in the same batches give the same answers, bit for bit
+        self.method.forget_caches()
         try:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
