@@ -302,3 +302,39 @@ def test_classify_reads_a_recipe_file(tmp_path, capsys):
     support.write_text("text,label\nbook a flight to paris,flight\nwill it rain today,weather\n")
     assert main(["classify", str(recipe), str(support), "fly me to rome", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] == "flight"
+
+
+# --- ONNX export ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["protonet 20-way (dynamic batch)", "maml 5-way (batch of 1)"])
+def test_onnx_export_matches_pytorch_on_real_images(which, omniglot20, proto20, tmp_path, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    from fewshot.classify import load_images, prepare_images
+
+    if which.startswith("protonet"):
+        folder = proto20
+    else:
+        support = tmp_path / "support5"
+        for char in sorted((omniglot20 / "support").iterdir())[:5]:
+            shutil.copytree(char, support / char.name)
+        folder = tmp_path / "maml5"
+        assert main(["fit", str(support), "--out", str(folder), "--model",
+                     str(ZOO / "omniglot_5w1s_maml.safetensors")]) == 0
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(folder), "--onnx", "--out", str(out)]) == 0
+    assert ("dynamic batch" if "dynamic" in which else "batch of 1") in capsys.readouterr().out
+    classifier = fewshot.from_pretrained(folder)
+    paths = sorted((omniglot20 / "queries").rglob("*.png"))[::25]
+    if which.startswith("maml"):
+        paths = [p for p in paths if p.parent.name in classifier.classes] or paths[:3]
+    x = prepare_images(load_images(paths, classifier.image_input), classifier.image_input, classifier.invert)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    batches = [x] if "dynamic" in which else [x[i : i + 1] for i in range(len(x))]
+    onnx = torch.cat([torch.from_numpy(session.run(None, {"images": b.numpy()})[0]) for b in batches])
+    ours = classifier.predict_proba([str(p) for p in paths])
+    assert onnx.shape == ours.shape and float((onnx - ours).abs().max()) <= 1e-4
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert json.loads(meta["fewshot_classes"]) == classifier.classes
+    assert main(["export", str(folder), "--onnx", "--out", str(out)]) == 2  # exists: kept
+    assert "exists; pass --force" in capsys.readouterr().err

@@ -70,8 +70,9 @@ class FeatureExtraction(TransferMethod):
         self._read_disk = True
 
     def cache(self) -> EmbeddingCache | None:
-        """The embedding cache of the backbone's current weights (None when caching is off or while training)."""
-        if self.config.cache == "off" or self.backbone.training:
+        """The embedding cache of the backbone's current weights (None when caching is off, while training, or while an
+        export traces the predictor)."""
+        if self.config.cache == "off" or self.backbone.training or torch.jit.is_tracing():  # an export: no lookups
             return None
         key = fingerprint(self.backbone)
         if key not in self._caches:

@@ -149,7 +149,12 @@ class LogisticHead(FittedClassifier):
         self._fitted = None
 
     def forward(self, q: torch.Tensor) -> torch.Tensor:
-        scores = torch.from_numpy(self.classifier().decision_function(_prepare(q, self.normalize))).float()
+        if torch.jit.is_tracing():  # an export (ONNX): the same numbers in torch, float64 as scikit-learn's
+            z = q.float().cpu()
+            z = (F.normalize(z, dim=-1) if self.normalize else z).double()
+            scores = (z @ self.coef.T.cpu() + self.intercept.cpu()).float()
+        else:
+            scores = torch.from_numpy(self.classifier().decision_function(_prepare(q, self.normalize))).float()
         if scores.dim() == 1:  # binary: sklearn returns the score of classes_[1]
             scores = torch.stack([-scores, scores], dim=-1)
         out = torch.full((q.shape[0], self.way), -1e9)
