@@ -59,6 +59,8 @@ FORMAT = "fewshot-classifier-v1"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
+ONNX = "model.onnx"
+"""Where ``fewshot export --onnx`` writes by default."""
 MODALITIES = ("images", "text")
 
 
@@ -154,6 +156,7 @@ class Classifier:
         blob = save(tensors, metadata={"fewshot": json.dumps({"format": FORMAT})})
         config = {**self.info, "format": FORMAT, "versions": _versions(), "weights": WEIGHTS,
                   "weights_sha256": hashlib.sha256(blob).hexdigest()}
+        (directory / ONNX).unlink(missing_ok=True)  # an export of the classifier being replaced would be stale
         atomic_write(directory / WEIGHTS, blob)
         atomic_write(directory / CARD, model_card(config))
         atomic_write(directory / CONFIG, json.dumps(config, indent=2) + "\n")

@@ -359,9 +359,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fewshot.classifier import from_pretrained
+    from fewshot.classifier import ONNX, from_pretrained
 
-    out = args.out or args.model / "model.onnx"
+    out = args.out or args.model / ONNX
     if out.exists() and not args.force:
         raise FewShotError(f"{out} exists; pass --force to overwrite it")
     done = from_pretrained(args.model).export_onnx(out)
