@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewshot"
-GENERIC = ("engine", "cli.py", "classify.py")
+GENERIC = ("engine", "cli.py", "classify.py", "classifier.py", "defaults.py")
 CONTRACTS = {"fewshot.methods.base", "fewshot.models.base", "fewshot.data.base", "fewshot.data.tasks",
              "fewshot.data.batches", "fewshot.data.inputs"}
-USER_INPUT_READERS = {"fewshot.data.image_folder", "fewshot.data.csv_text"}  # classify reads the user's own files
+USER_INPUT_READERS = {"fewshot.data.image_folder", "fewshot.data.csv_text",  # classify reads the user's own files
+                      "fewshot.data.hf_disk"}
 CONCRETE = ("fewshot.methods.", "fewshot.models.", "fewshot.data.")
 NAMES = ("maml", "reptile", "protonet", "features", "finetune", "setfit", "dann", "prompt", "anil", "metaoptnet",
          "omniglot", "clinc150", "banking77", "hwu64", "mnist_usps", "conv4", "minilm", "smollm2", "digits_cnn",

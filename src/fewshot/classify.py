@@ -2,7 +2,9 @@
 
 The model is a trained run (a run folder or checkpoint: MAML, ProtoNet, Reptile, ...) or a recipe that needs no
 training (``train.iterations: 0``: feature extraction, fine-tuning or prompt tuning of a pretrained model). Images are
-prepared as the model's data set describes them (:class:`fewshot.data.base.ImageInput`).
+prepared as the model's checkpoint records (or, for older checkpoints and recipes, as its data set describes them:
+:class:`fewshot.data.base.ImageInput`: size, channels, resize mode, polarity). The support-reading and preparing steps
+here are shared with :mod:`fewshot.classifier` (``fewshot fit`` / ``predict``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from typing import Any
 
 import torch
 
-from fewshot import registry
-from fewshot.config import RunConfig, component_options, load_config
+from fewshot.config import RunConfig, load_config
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
-from fewshot.engine.checkpoint import load_checkpoint
+from fewshot.engine.checkpoint import checkpoint_input, describe_input, load_checkpoint
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
 from fewshot.errors import FewShotError
@@ -36,15 +37,73 @@ class Prediction:
     scores: dict[str, float]
 
 
+@dataclass
+class Support:
+    """A user's labelled support set, read and checked; images are listed but not decoded yet (how depends on the
+    model: :func:`prepare_support`)."""
+
+    path: Path
+    modality: str
+    """``images`` or ``text``."""
+    class_names: list[str]
+    shots: list[int]
+    """Examples per class, in ``class_names`` order."""
+    folders: list[Any] | None = None
+    """Images: the class folders (:class:`fewshot.data.image_folder.ClassFolder`)."""
+    texts: list[list[str]] | None = None
+    """Text: each class's sentences."""
+    source: str = ""
+    """What was read, in words (for the model card)."""
+
+
+def read_support(support: str | Path, text_column: str = "text", label_column: str = "label") -> Support:
+    """Read the user's support set: a folder of class folders (images), a CSV / TSV / JSON Lines file or a saved
+    Hugging Face data set (text). Clear errors for anything else, an empty class, fewer than two classes."""
+    path = Path(support)
+    from fewshot.data.hf_disk import is_saved_dataset
+
+    if is_saved_dataset(path):
+        from fewshot.data.hf_disk import load_hf_text
+
+        data = load_hf_text(path, text_column, label_column)
+        return Support(path, "text", data.class_names, data.class_sizes.tolist(), texts=data.texts,
+                       source=f"Hugging Face data set {path.name} (columns {text_column!r}, {label_column!r})")
+    if path.is_dir():
+        from fewshot.data.image_folder import class_folders
+
+        folders = class_folders(path)
+        return Support(path, "images", [f.name for f in folders], [len(f.images) for f in folders], folders=folders,
+                       source=f"image folder {path.name}")
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        from fewshot.data.csv_text import load_csv_text
+
+        data = load_csv_text(path, text_column, label_column)
+        return Support(path, "text", data.class_names, data.class_sizes.tolist(), texts=data.texts,
+                       source=f"{path.suffix[1:].upper()} file {path.name} (columns {text_column!r}, {label_column!r})")
+    if not path.exists():
+        raise FewShotError(f"support {path} does not exist; pass a folder of class folders (images) or a "
+                           f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
+    raise FewShotError(f"support {path} must be a folder of class folders (images) or a "
+                       f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
+
+
 def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
     """A method ready to adapt: from a run folder / checkpoint (with its weights) or a recipe that needs no
     training (a name or a YAML file)."""
+    method, config, _ = load_model_input(model, way)
+    return method, config
+
+
+def load_model_input(model: str | Path, way: int) -> tuple[Method, RunConfig, ImageInput | None]:
+    """:func:`load_model` and how the model takes images (the checkpoint's recorded ``input``, else its config's data
+    set's; ``None`` for text models)."""
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
     if path.suffix.lower() not in RECIPE_SUFFIXES and (path.suffix == ".safetensors" or path.exists()):
         ckpt = load_checkpoint(path)
         config = RunConfig.from_dict(ckpt.config)
+        spec = checkpoint_input(ckpt)
         method = build_method(config, config.eval.way)
         load_weights(method, ckpt.weights, path)
     else:
@@ -52,26 +111,92 @@ def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
         if config.train.iterations > 0:
             raise FewShotError(f"recipe {config.name} must be trained first (fewshot train {config.name}); "
                                "pass its run folder or checkpoint")
+        described = describe_input(config)
+        spec = None if described is None else ImageInput.from_dict(described)
         method = build_method(config, way)
     if method_class(config).needs_head and way != config.eval.way:
         raise FewShotError(f"this {config.method.name} model has a {config.eval.way}-way output layer, but the "
                            f"support set has {way} classes")
     config.train.use_threads()
-    return method.to(config.train.torch_device()).eval(), config
+    return method.to(config.train.torch_device()).eval(), config, spec
 
 
 def image_input(config: RunConfig) -> ImageInput:
     """How the model's data set prepares images (its options' ``image_input()``)."""
-    options = component_options(config.data, registry.DATASETS, "data")
-    describe = getattr(options, "image_input", None)
-    if not callable(describe):
+    described = describe_input(config)
+    if described is None:
         raise FewShotError(f"the model was trained on {config.data.name!r}, which does not describe image inputs; "
                            "classify images with a model trained on images")
-    return describe()
+    return ImageInput.from_dict(described)
 
 
-def _looks_inverted(images: torch.Tensor) -> bool:
-    return float(images.float().mean()) > 127  # dark strokes on a light background
+def require_images(spec: ImageInput | None, config: RunConfig) -> ImageInput:
+    if spec is None:
+        raise FewShotError(f"the model was trained on {config.data.name!r}, which does not describe image inputs; "
+                           "classify images with a model trained on images")
+    return spec
+
+
+def looks_inverted(images: torch.Tensor) -> bool:
+    """Dark strokes on a light background (uint8 images)."""
+    return float(images.float().mean()) > 127
+
+
+def prepare_images(images: torch.Tensor, spec: ImageInput, flip: bool) -> torch.Tensor:
+    """uint8 images ``[N, C, H, W]`` (as :func:`fewshot.data.image_folder.load_image` gives) as the model takes them:
+    inverted if ``flip``, float in [0, 1], without the channel axis where the model wants none."""
+    if flip:
+        images = 255 - images
+    x = images.float() / 255
+    return x[:, 0] if spec.squeeze else x
+
+
+def load_images(paths: list[Path], spec: ImageInput) -> torch.Tensor:
+    """The images at ``paths`` as uint8 ``[N, C, size, size]``, decoded and resized as ``spec`` says."""
+    from fewshot.data.image_folder import load_image
+
+    return torch.stack([torch.from_numpy(load_image(p, spec.size, spec.channels, spec.resize).copy())
+                        for p in paths])
+
+
+@dataclass
+class PreparedSupport:
+    x: Any
+    y: torch.Tensor
+    flip: bool = False
+    """Images: whether they were inverted (dark strokes on light, for a model trained on bright-on-dark strokes)."""
+
+
+def prepare_support(support: Support, spec: ImageInput | None, config: RunConfig, invert: str = "auto",
+                    note: Callable[[str], None] | None = None) -> PreparedSupport:
+    """The support set as the model takes it: images decoded as ``spec`` says (``invert``: ``auto``, ``yes`` or
+    ``no``), texts as one list; labels ``0..way-1`` in ``support.class_names`` order."""
+    if support.modality == "text":
+        if spec is not None:
+            raise FewShotError(f"the support set is text, but the model was trained on images ({config.data.name!r}); "
+                               "use a text model")
+        assert support.texts is not None
+        x = [t for texts in support.texts for t in texts]
+        y = torch.tensor([c for c, texts in enumerate(support.texts) for _ in texts])
+        return PreparedSupport(x, y)
+    from fewshot.data.image_folder import image_folder
+
+    spec = require_images(spec, config)
+    data = image_folder(support.path, size=spec.size, channels=spec.channels, min_per_class=1, resize=spec.resize)
+    if note is not None:
+        _note_layout(data, note)
+    flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and looks_inverted(data.images))
+    return PreparedSupport(prepare_images(data.images, spec, flip), data.labels, flip)
+
+
+def adapt(method: Method, x: Any, y: torch.Tensor, way: int) -> Any:
+    """``method.adapt`` as a user's classifier needs it: not transductive (a user's answer must not depend on what
+    else they asked), from a fixed random state (the same predictor on every call; the caller's state is kept)."""
+    method.transductive = False
+    device = method.device
+    with torch.random.fork_rng(devices=[]):  # the same answers on every call (Reptile draws mini-batches, ...)
+        torch.random.default_generator.manual_seed(0)
+        return method.adapt(to_device(x, device), y.to(device), way)
 
 
 def read_queries(path: str | Path, column: str = "text") -> list[str]:
@@ -92,51 +217,25 @@ def classify(
     adaptation runs from a fixed random state; the caller's is left as it was). ``notes`` receives what the user
     should know but that is not an error (files ignored, images found in sub-folders).
     """
-    support = Path(support)
     note = notes or (lambda message: None)
-    if support.is_dir():
-        from fewshot.data.image_folder import class_folders, image_folder
-
-        classes = class_folders(support)
+    data = read_support(support, text_column, label_column)
+    names = data.class_names
+    if data.modality == "images":
         paths = _image_paths(queries, note)
-        method, config = load_model(model, len(classes))
-        spec = image_input(config)
-        data = image_folder(support, size=spec.size, channels=spec.channels, min_per_class=1)
-        _note_layout(data, note)
-        query_images = _load_queries(paths, spec)
-        flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and _looks_inverted(data.images))
-        support_x, query_x = data.images, query_images
-        if flip:
-            support_x, query_x = 255 - support_x, 255 - query_x
-        support_x, query_x = support_x.float() / 255, query_x.float() / 255
-        if spec.squeeze:
-            support_x, query_x = support_x[:, 0], query_x[:, 0]
-        support_y, names, labels = data.labels, data.class_names, [str(p) for p in paths]
-        query_items: Any = query_x
-    elif support.suffix.lower() in TEXT_SUFFIXES:
-        from fewshot.data.csv_text import load_csv_text
-
-        data = load_csv_text(support, text_column, label_column)
-        names = data.class_names
-        query_items = _text_queries(queries)
-        method, config = load_model(model, len(names))
-        method.set_class_names(names)
-        support_x = [t for texts in data.texts for t in texts]
-        support_y = torch.tensor([c for c, texts in enumerate(data.texts) for _ in texts])
-        labels = list(query_items)
-    elif not support.exists():
-        raise FewShotError(f"support {support} does not exist; pass a folder of class folders (images) or a "
-                           f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
+        method, config, spec = load_model_input(model, len(names))
+        spec = require_images(spec, config)
+        prepared = prepare_support(data, spec, config, invert, note)
+        query_items: Any = prepare_images(load_images(paths, spec), spec, prepared.flip)
+        labels = [str(p) for p in paths]
     else:
-        raise FewShotError(f"support {support} must be a folder of class folders (images) or a "
-                           f"{' / '.join(TEXT_SUFFIXES)} file of labelled text")
-    method.transductive = False  # a user's answer must not depend on what else they asked
-    device = method.device
-    with torch.random.fork_rng(devices=[]):  # the same answers on every call (Reptile draws mini-batches, ...)
-        torch.random.default_generator.manual_seed(0)
-        predictor = method.adapt(to_device(support_x, device), support_y.to(device), len(names))
-        with torch.no_grad():
-            probs = torch.softmax(predictor(to_device(query_items, device)).float(), dim=-1).cpu()
+        query_items = _text_queries(queries)
+        method, config, spec = load_model_input(model, len(names))
+        method.set_class_names(names)
+        prepared = prepare_support(data, spec, config, invert, note)
+        labels = list(query_items)
+    predictor = adapt(method, prepared.x, prepared.y, len(names))
+    with torch.no_grad():
+        probs = torch.softmax(predictor(to_device(query_items, method.device)).float(), dim=-1).cpu()
     out = []
     for query, p in zip(labels, probs, strict=True):
         best = int(p.argmax())
@@ -160,12 +259,6 @@ def _note_layout(data: Any, note: Callable[[str], None]) -> None:
     if data.ignored:
         note(f"ignored {len(data.ignored)} file(s) in the support folder that are not images of a supported type, "
              f"e.g. {data.ignored[0]}")
-
-
-def _load_queries(paths: list[Path], spec: ImageInput) -> torch.Tensor:
-    from fewshot.data.image_folder import load_image
-
-    return torch.stack([torch.from_numpy(load_image(p, spec.size, spec.channels).copy()) for p in paths])
 
 
 def _image_paths(queries: list[str], note: Callable[[str], None]) -> list[Path]:

@@ -21,6 +21,9 @@ EPILOG = """examples:
   fewshot report runs/proto --shots 1,5,10           # one HTML page: curves, accuracy vs shots, confusions
   fewshot classify runs/proto my_letters/ query1.png query2.png
   fewshot classify clinc150_5w1s_features_minilm intents.csv "book me a table for two"
+  fewshot fit my_letters/ --out my_classifier          # adapt once (default model from our results), save
+  fewshot predict my_classifier more_letters/ --out predictions.csv --top-k 3
+  fewshot export my_classifier --onnx                  # my_classifier/model.onnx
 data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc150/, ..."""
 
 
@@ -172,6 +175,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "dark-on-light images (auto: when the support looks so)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("fit", help="adapt a model to your labelled examples once and save the classifier",
+                       description="Adapt a model to YOUR labelled support set once and save the result as a "
+                                   "classifier folder (weights, config.json, README.md model card). SUPPORT is a "
+                                   "folder SUPPORT/<class_name>/<images>, a .csv / .tsv / .jsonl file of labelled "
+                                   "text, or a Hugging Face data set saved with save_to_disk. Without --model, the "
+                                   "model that scored best in our results at the support set's shot count is used "
+                                   "(the choice and its figure are printed).")
+    p.add_argument("support", type=Path, help="image folder, text file or saved Hugging Face data set")
+    p.add_argument("--out", type=Path, required=True, help="classifier folder to write")
+    p.add_argument("--model", help="run folder, .safetensors checkpoint (zoo/...), or a pretrained recipe")
+    p.add_argument("--method", help="without --model: the best default model of this method (e.g. protonet, "
+                                    "metaoptnet for images; features, finetune, setfit for text)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="images, for models trained on bright strokes on a dark background: invert dark-on-light "
+                        "images (auto: when the support looks so)")
+    p.add_argument("--force", action="store_true", help="replace a classifier already in --out")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="classify inputs with a saved classifier, as CSV",
+                       description="Classify inputs with a classifier saved by `fewshot fit`: image files or folders, "
+                                   "sentences, or .csv / .tsv / .jsonl files (their --text-column). Writes one CSV row "
+                                   "per input: input, label, probability, then label_2, probability_2, ... for "
+                                   "--top-k. Each input's answer is its own, whatever else is predicted with it.")
+    p.add_argument("model", type=Path, help="classifier folder written by fewshot fit")
+    p.add_argument("inputs", nargs="+", help="image files / folders, sentences, or text files")
+    p.add_argument("--out", type=Path, help="CSV file to write (default: print to stdout)")
+    p.add_argument("--top-k", type=int, default=1, help="also list the next K-1 labels and their probabilities")
+    p.add_argument("--text-column", default="text", help="the column of text files that holds the inputs")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a saved image classifier to ONNX",
+                       description="Export a classifier saved by `fewshot fit` to ONNX: input 'images' (prepared as "
+                                   "its config.json's preprocessing says), output 'probabilities'. onnxruntime's "
+                                   "answers are checked against PyTorch's (<= 1e-4) before the file is written.")
+    p.add_argument("model", type=Path, help="classifier folder written by fewshot fit")
+    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
+    p.add_argument("--out", type=Path, help="file to write (default MODEL/model.onnx)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -328,6 +376,95 @@ def cmd_classify(args: argparse.Namespace) -> int:
         else:
             print(f"{p.label}\t{p.probability:.3f}\t{p.query}")
     return 0
+
+
+def _note(message: str) -> None:
+    print(f"fewshot: note: {message}", file=sys.stderr)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fewshot.classifier import check_writable, fit, is_classifier
+
+    check_writable(args.out)
+    if is_classifier(args.out) and not args.force:
+        raise FewShotError(f"{args.out} already holds a classifier; pass --force to replace it")
+    classifier = fit(args.support, args.model, args.method, args.text_column, args.label_column, args.invert,
+                     notes=lambda m: print(m) if m.startswith("default model:") else _note(m))
+    classifier.save_pretrained(args.out)
+    shots = list(classifier.info["shots"].values())
+    print(f"saved a {len(classifier.classes)}-class {classifier.info['method']} classifier ({min(shots)}-"
+          f"{max(shots)} examples per class) to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from fewshot.classifier import from_pretrained
+
+    if args.out is not None and args.out.exists() and not args.force:
+        raise FewShotError(f"{args.out} exists; pass --force to overwrite it")
+    if args.out is not None and args.out.is_dir():
+        raise FewShotError(f"{args.out} is a folder; --out names the CSV file to write")
+    if args.top_k < 1:
+        raise FewShotError(f"--top-k must be >= 1, got {args.top_k}")
+    classifier = from_pretrained(args.model)
+    k = min(args.top_k, len(classifier.classes))
+    inputs: list[str] = []
+    if classifier.modality == "text":
+        from fewshot.classify import TEXT_SUFFIXES, read_queries
+
+        for item in args.inputs:
+            path = Path(item)
+            is_file = path.suffix.lower() in TEXT_SUFFIXES and path.is_file()
+            inputs += read_queries(path, args.text_column) if is_file else [item]
+    else:
+        inputs = list(args.inputs)
+    items = classifier.expand(inputs, _note)
+    header = ["input", "label", "probability"]
+    for rank in range(2, k + 1):
+        header += [f"label_{rank}", f"probability_{rank}"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    start = 0
+    for logits in classifier.logits_batches(items, args.batch_size, progress=not args.no_progress):
+        probs = torch_softmax(logits)
+        top_p, top_i = probs.topk(k, dim=-1)
+        for row, (ps, ids) in enumerate(zip(top_p.tolist(), top_i.tolist(), strict=True)):
+            cells = [items[start + row]]
+            for p, i in zip(ps, ids, strict=True):
+                cells += [classifier.classes[i], f"{p:.6f}"]
+            writer.writerow(cells)
+        start += len(logits)
+    if args.out is None:
+        sys.stdout.write(text.getvalue())
+    else:
+        from fewshot.io import atomic_write
+
+        atomic_write(args.out, text.getvalue())
+        print(f"wrote {len(items)} predictions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fewshot.classifier import ONNX, from_pretrained
+
+    out = args.out or args.model / ONNX
+    if out.exists() and not args.force:
+        raise FewShotError(f"{out} exists; pass --force to overwrite it")
+    done = from_pretrained(args.model).export_onnx(out)
+    batch = "dynamic batch" if done["dynamic_batch"] else "batch of 1 (this predictor loops over its queries)"
+    print(f"wrote {out} ({batch}; onnxruntime matches PyTorch to {done['max_difference']:.1g} on "
+          f"{done['checked_inputs']} inputs)")
+    return 0
+
+
+def torch_softmax(logits):  # noqa: ANN001, ANN201 - a torch tensor
+    import torch
+
+    return torch.softmax(logits, dim=-1)
 
 
 if __name__ == "__main__":

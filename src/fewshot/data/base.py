@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import torch
 
 from fewshot.errors import FewShotError
 
+RESIZE_MODES = ("nearest", "bilinear", "lanczos")
+
 
 @dataclass(frozen=True)
 class ImageInput:
     """How a data set's images reach the model, so that a user's own images can be prepared the same way.
 
-    An image data set's options class offers it as ``image_input()``; ``fewshot classify`` reads it.
+    An image data set's options class offers it as ``image_input()``; a training checkpoint records it (metadata
+    ``input``) and a fitted classifier's ``config.json`` too (``preprocessing``), and every entry point that reads a
+    user's images (``fewshot classify``, ``fit``, ``predict``, the Python API) prepares them so
+    (:func:`fewshot.data.image_folder.load_image`).
     """
 
     size: int
@@ -26,6 +31,31 @@ class ImageInput:
     """The model takes ``[batch, H, W]`` (one channel, no channel axis) rather than ``[batch, C, H, W]``."""
     bright_on_dark: bool
     """Strokes are bright on a dark background (Omniglot, MNIST as stored): dark-on-light images are inverted."""
+    resize: str = "bilinear"
+    """How an image is brought to ``size`` x ``size`` after conversion to greyscale / RGB: ``nearest`` (Omniglot's
+    binary 28x28 images, nearest-neighbour samples), ``bilinear`` or ``lanczos``."""
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise FewShotError(f"unknown resize mode {self.resize!r}; choose one of {RESIZE_MODES}")
+        if self.channels not in (1, 3) or not 1 <= self.size <= 4096:
+            raise FewShotError(f"image input needs channels 1 or 3 and a size in 1 .. 4096, got {self.channels}, "
+                               f"{self.size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "image input") -> ImageInput:
+        """From :meth:`to_dict`'s mapping; a clear error for a malformed one."""
+        names = {f.name: f.type for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - set(names) or not {"size", "channels"} <= set(data):
+            raise FewShotError(f"{where} is malformed: expected a mapping with keys {', '.join(names)}, got {data!r}")
+        for key, value in data.items():
+            want = bool if key in ("squeeze", "bright_on_dark") else int if key in ("size", "channels") else str
+            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+                raise FewShotError(f"{where} is malformed: {key} is {value!r}, not a {want.__name__}")
+        return cls(**{"squeeze": False, "bright_on_dark": False, **data})
 
 
 class ClassDataset(Protocol):

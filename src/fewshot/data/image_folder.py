@@ -145,16 +145,22 @@ def class_folders(root: str | os.PathLike, min_per_class: int = 1) -> list[Class
     return classes
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image as uint8 ``[channels, size, size]``; a clear error if it cannot be decoded safely or is blank."""
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
+
+
+def load_image(path: Path, size: int, channels: int, resize: str = "bilinear") -> np.ndarray:
+    """One image as uint8 ``[channels, size, size]``, resized ``nearest``, ``bilinear`` or ``lanczos``
+    (:attr:`fewshot.data.base.ImageInput.resize`); a clear error if it cannot be decoded safely or is blank."""
+    if resize not in RESAMPLE:
+        raise FewShotError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESAMPLE)}")
     converted = decode_image(path, channels)
-    resized = converted.resize((size, size), resample=Image.BILINEAR)
+    resized = converted.resize((size, size), resample=RESAMPLE[resize])
     array = np.asarray(resized, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
 def image_folder(root: str | os.PathLike, size: int = 84, channels: int = 3, min_per_class: int = 2,
-                 invert: bool = False) -> ImageFolderDataset:
+                 invert: bool = False, resize: str = "bilinear") -> ImageFolderDataset:
     """Load ``root/<class_name>/<images>`` (class folders sorted by name; images at any depth below them)."""
     if channels not in (1, 3):
         raise FewShotError(f"channels must be 1 or 3, got {channels}")
@@ -162,7 +168,7 @@ def image_folder(root: str | os.PathLike, size: int = 84, channels: int = 3, min
     images, labels, paths = [], [], []
     for label, cls in enumerate(classes):
         for path in cls.images:
-            images.append(load_image(path, size, channels))
+            images.append(load_image(path, size, channels, resize))
             labels.append(label)
             paths.append(str(path))
     data = torch.from_numpy(np.stack(images))
@@ -182,8 +188,12 @@ class ImageFolderConfig:
     min_per_class: int = 2
     invert: bool = False
     """Store 255 - pixel (e.g. dark strokes on white -> white on black, like the Omniglot tensors)."""
+    resize: str = "bilinear"
+    """``nearest``, ``bilinear`` or ``lanczos``."""
 
     def __post_init__(self) -> None:
+        if self.resize not in RESAMPLE:
+            raise FewShotError(f"data.resize must be one of {', '.join(RESAMPLE)}, got {self.resize!r}")
         if not self.path:
             raise FewShotError("data.path must name the image folder (root/<class_name>/<images>)")
         if not 8 <= self.size <= 1024 or self.channels not in (1, 3) or self.min_per_class < 1:
@@ -191,7 +201,7 @@ class ImageFolderConfig:
                                f"got {self.size}, {self.channels}, {self.min_per_class}")
 
     def image_input(self) -> ImageInput:
-        return ImageInput(self.size, self.channels, squeeze=False, bright_on_dark=self.invert)
+        return ImageInput(self.size, self.channels, squeeze=False, bright_on_dark=self.invert, resize=self.resize)
 
 
 def build(split: str, root: str | None, options: ImageFolderConfig) -> ImageFolderDataset:
@@ -208,4 +218,5 @@ def build(split: str, root: str | None, options: ImageFolderConfig) -> ImageFold
     else:
         raise FewShotError(f"{base} has no train/val/test sub-folders, so only the 'test' split exists "
                            f"(asked for {split!r})")
-    return image_folder(folder, options.size, options.channels, options.min_per_class, options.invert)
+    return image_folder(folder, options.size, options.channels, options.min_per_class, options.invert,
+                        options.resize)

@@ -167,7 +167,8 @@ class OmniglotConfig:
                                f"{self.size}")
 
     def image_input(self) -> ImageInput:
-        return ImageInput(self.size, channels=1, squeeze=True, bright_on_dark=True)
+        # "nearest": the 1-bit PNGs sampled nearest (see _resize); "lanczos": greyscale, then Lanczos
+        return ImageInput(self.size, channels=1, squeeze=True, bright_on_dark=True, resize=self.resize)
 
 
 def omniglot(

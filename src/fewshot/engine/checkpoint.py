@@ -2,7 +2,9 @@
 
 A training checkpoint holds the method's weights (``model.*``), the optimizer's tensors (``optim.*``), the torch RNG
 state (``rng.torch``; one row per process for a distributed run), and JSON metadata (iteration, config — with
-``train.world_size`` —, optimizer hyper-parameters, best validation score).
+``train.world_size`` —, optimizer hyper-parameters, best validation score) and how the model's inputs are prepared
+(``input``: the data set's :class:`~fewshot.data.base.ImageInput` as a mapping, null for text; a checkpoint written
+before it was recorded derives it from its config, :func:`checkpoint_input`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from fewshot.data.base import ImageInput
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
 
@@ -30,12 +33,39 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     rng: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, Any] | None = None
+    """How inputs are prepared (:meth:`ImageInput.to_dict`); ``None``: derived from ``config`` when saved."""
+
+
+def describe_input(config: dict[str, Any] | Any) -> dict[str, Any] | None:
+    """How the data set a config names prepares images (its options' ``image_input()``, as a mapping); ``None`` for a
+    data set that does not describe image inputs (text) or a config too incomplete to say."""
+    from fewshot import registry
+    from fewshot.config import RunConfig, component_options
+
+    try:
+        run = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+        options = component_options(run.data, registry.DATASETS, "data")
+    except (FewShotError, KeyError, TypeError, ValueError):
+        return None
+    describe = getattr(options, "image_input", None)
+    return describe().to_dict() if callable(describe) else None
+
+
+def checkpoint_input(ckpt: Checkpoint) -> ImageInput | None:
+    """How the checkpoint's model takes images: its recorded ``input``, else (older checkpoints) what its config's
+    data set says; ``None`` for text models."""
+    if ckpt.input is not None:
+        return ImageInput.from_dict(ckpt.input, "the checkpoint's input metadata")
+    derived = describe_input(ckpt.config)
+    return None if derived is None else ImageInput.from_dict(derived)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write ``ckpt`` to ``path`` atomically (a temporary file, fsync, then rename)."""
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in ckpt.weights.items()}
-    meta: dict[str, Any] = {"format": FORMAT, "iteration": ckpt.iteration, "config": ckpt.config, "extra": ckpt.extra}
+    meta: dict[str, Any] = {"format": FORMAT, "iteration": ckpt.iteration, "config": ckpt.config, "extra": ckpt.extra,
+                            "input": ckpt.input if ckpt.input is not None else describe_input(ckpt.config)}
     if ckpt.optimizer is not None:
         groups = ckpt.optimizer["param_groups"]
         meta["optimizer_groups"] = groups
@@ -97,12 +127,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if rng is not None and rng.dtype != torch.uint8:
         raise FewShotError(f"{path}: its random state 'rng.torch' is {rng.dtype}, not uint8")
     return Checkpoint(weights, meta.get("iteration", 0), meta.get("config", {}), optimizer, rng,
-                      meta.get("extra", {}))
+                      meta.get("extra", {}), meta.get("input"))
 
 
-META_TYPES: dict[str, tuple[type, str]] = {"config": (dict, "a mapping"), "extra": (dict, "a mapping"),
-                                           "optimizer_groups": (list, "a list"),
-                                           "optimizer_scalars": (dict, "a mapping")}
+META_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "config": (dict, "a mapping"), "extra": (dict, "a mapping"), "input": ((dict, type(None)), "a mapping or null"),
+    "optimizer_groups": (list, "a list"), "optimizer_scalars": (dict, "a mapping")}
 
 
 def _metadata(path: Path, text: str | None) -> dict[str, Any]:

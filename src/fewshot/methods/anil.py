@@ -35,7 +35,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
+from fewshot.methods.base import Adapted, Method, accuracy, backward_query_loss, restored, task_chunks
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 
@@ -111,6 +111,25 @@ def head_loop_tasks(
         grads = torch.autograd.grad(loss, fast, create_graph=create_graph)
         fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
     return fast
+
+
+class AdaptedHead(Adapted):
+    """ANIL adapted to a task: the output layer's adapted ``weight`` and ``bias`` over the method's own body, and the
+    support inputs (``support_x``) each query is scored beside when not ``transductive``."""
+
+    def __init__(self, method: ANIL, weight: torch.Tensor, bias: torch.Tensor, support_x: torch.Tensor,
+                 transductive: bool, batched: bool) -> None:
+        super().__init__(method, weight.shape[0])
+        self.tensors(weight=weight, bias=bias, support_x=support_x)
+        self.transductive, self.batched = transductive, batched
+
+    def forward(self, query_x: torch.Tensor) -> torch.Tensor:
+        method = self.method
+        body, _ = method.split([p.detach() for p in method.model.meta_parameters()])
+        if self.transductive:
+            return F.linear(method.model.features(query_x, body), self.weight, self.bias)
+        return F.linear(each_query_with_support(method.model, body, self.support_x, query_x, features=True,
+                                                batched=self.batched), self.weight, self.bias)
 
 
 class ANIL(Method):
@@ -189,7 +208,7 @@ class ANIL(Method):
         if way != head[0].shape[0]:
             raise FewShotError(f"ANIL's output layer has {head[0].shape[0]} classes, but the task has {way}")
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> AdaptedHead:
         """Adapt the head on the support features (``test_inner_steps``); the body stays the method's own."""
         body, head = self._detached()
         self._check_way(way, head)
@@ -198,11 +217,11 @@ class ANIL(Method):
         with torch.enable_grad():
             fast = head_loop(support, support_y, head, self.config.test_inner_steps, self.config.inner_lr, False)
         w, b = (p.detach() for p in fast)
-        if self.transductive:
-            return lambda query_x: F.linear(self.model.features(query_x, body), w, b)
-        batched = self.fast_path()
-        return lambda query_x: F.linear(
-            each_query_with_support(self.model, body, support_x, query_x, features=True, batched=batched), w, b)
+        return AdaptedHead(self, w, b, support_x, self.transductive, self.fast_path())
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> AdaptedHead:
+        return restored(lambda: AdaptedHead(self, state["weight"], state["bias"], state["support_x"],
+                                            self.transductive, self.fast_path()), state, way, self.name)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""

@@ -3,9 +3,15 @@
 A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot.registry`). What the engine relies on:
 
 * :meth:`Method.adapt` — adapt to one task from its labelled support set (labels ``0..way-1``) and return a
-  predictor: query inputs -> logits ``[queries, way]``. It must not change the method's own weights, and each
-  query's answer must not depend on the other queries passed with it unless the method says it is transductive
-  (:attr:`Method.transductive`; ``fewshot classify`` sets it False before adapting).
+  predictor: an :class:`Adapted` module, query inputs -> logits ``[queries, way]``. It must not change the method's
+  own weights, and each query's answer must not depend on the other queries passed with it unless the method says it
+  is transductive (:attr:`Method.transductive`; ``fewshot classify`` and ``fewshot fit`` set it False before
+  adapting).
+* :meth:`Method.restore` — the same predictor rebuilt from its ``state_dict()`` (what a fitted classifier saves),
+  without adapting again: ``method.restore(predictor.state_dict(), way)`` answers exactly as ``predictor`` does. The
+  state holds what adaptation produced (prototypes, fast weights, a tuned head or prompt, a fine-tuned copy of the
+  backbone, the support inputs a non-transductive predictor scores each query beside); the method's own weights,
+  which the predictor runs with but never changes, stay the method's (its ``state_dict()``, saved beside).
 * :meth:`Method.predict` — logits ``[tasks, N*Q, N]`` for a batch of tasks (an :class:`Episode`); the default adapts
   task by task, a method may batch the tasks (same results).
 * :meth:`Method.training_gradient` — one training step: fill ``.grad`` of :meth:`meta_parameters` from one batch
@@ -36,8 +42,63 @@ from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.models.base import module_device
 
-Predictor = Callable[[Any], torch.Tensor]
+
+class Adapted(nn.Module):
+    """What :meth:`Method.adapt` returns: a module mapping query inputs to logits ``[queries, way]`` for the task it
+    was adapted to.
+
+    Its ``state_dict()`` (buffers and submodules) is the adapted state and nothing else; the method whose weights it
+    runs with is held by reference (:attr:`method`, outside the module tree), so saving a predictor does not save the
+    method twice. :attr:`way` is its number of classes. A subclass is built from tensors (the adaptation's results or
+    a saved state): :meth:`Method.restore` builds it from a state with :func:`restored`.
+    """
+
+    way: int
+
+    def __init__(self, method: Method | None, way: int) -> None:
+        super().__init__()
+        self._method = (method,)  # a tuple: not a submodule, not in state_dict()
+        self.way = int(way)
+
+    @property
+    def method(self) -> Method:
+        owner = self._method[0]
+        if owner is None:
+            raise FewShotError(f"this {type(self).__name__} runs without a method")
+        return owner
+
+    def tensors(self, **named: torch.Tensor | None) -> None:
+        """Register tensors as (persistent) buffers: they move with ``.to()`` and are saved in ``state_dict()``."""
+        for name, tensor in named.items():
+            self.register_buffer(name, None if tensor is None else tensor.detach())
+
+
+Predictor = Adapted
 """Maps query inputs to logits ``[queries, way]`` for the task it was adapted to."""
+
+
+def restored(build: Callable[[], Adapted], state: dict[str, torch.Tensor], way: int, what: str) -> Adapted:
+    """``build()`` (a predictor made from tensors of ``state``) checked against ``state`` and ``way``: a missing
+    tensor, an unexpected one, a shape that does not fit or a class count other than ``way`` is one clear
+    :class:`FewShotError` (``what`` names the method)."""
+    try:
+        predictor = build()
+    except KeyError as exc:
+        raise FewShotError(f"the saved {what} predictor lacks tensor {exc.args[0]!r}; found "
+                           f"{', '.join(sorted(state)) or 'none'}") from exc
+    try:
+        predictor.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise FewShotError(f"the saved {what} predictor does not fit its method: {first}") from exc
+    if predictor.way != way:
+        raise FewShotError(f"the saved {what} predictor has {predictor.way} classes, but {way} class names are given")
+    return predictor.eval()
+
+
+def substate(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``state`` under ``prefix`` (a submodule's state), the prefix cut."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Method(nn.Module, ABC):
@@ -66,8 +127,14 @@ class Method(nn.Module, ABC):
     one process on the whole batch."""
 
     @abstractmethod
-    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
-        """Adapt to one task from its support set; returns a function from query inputs to logits."""
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Adapted:
+        """Adapt to one task from its support set; returns an :class:`Adapted` module (query inputs -> logits)."""
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> Adapted:
+        """The predictor :meth:`adapt` returned, rebuilt from its ``state_dict()`` (on this method's device) without
+        adapting again; the method's own weights must be those it was adapted with. Every method of this package
+        overrides it (use :func:`restored`)."""
+        raise FewShotError(f"method {self.name!r} cannot rebuild a saved predictor (it does not implement restore)")
 
     @abstractmethod
     def training_gradient(self, batch: Any) -> dict[str, float]:

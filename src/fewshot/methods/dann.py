@@ -32,7 +32,7 @@ from torch import nn
 
 from fewshot.data.batches import DomainBatch
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Adapted, Method, accuracy, restored
 from fewshot.methods.heads import cosine_class_means, cosine_logits
 from fewshot.models.base import feature_dim
 
@@ -88,6 +88,17 @@ class DANNConfig:
             raise FewShotError("mode target_only needs target labels: set method.target_shots to K > 0 or -1 (all)")
         if self.num_classes < 2 or self.hidden < 1:
             raise FewShotError("method.num_classes must be >= 2 and method.hidden >= 1")
+
+
+class CosineMeansPredictor(Adapted):
+    """DANN adapted to an N-way task: the cosine class means (``means``) of the support features."""
+
+    def __init__(self, method: DANN, means: torch.Tensor) -> None:
+        super().__init__(method, means.shape[0])
+        self.tensors(means=means)
+
+    def forward(self, query_x: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(self.method.features(query_x.to(self.means.device)), self.means, 10.0)
 
 
 class DANN(Method):
@@ -148,8 +159,11 @@ class DANN(Method):
                 "domain_loss": domain_loss.item(), "accuracy": accuracy(class_logits, label_y),
                 "domain_accuracy": domain_acc, "lambda": lambd, "lr_factor": factor}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> CosineMeansPredictor:
         """For N-way episodes: cosine nearest class mean on the (domain-invariant) features."""
         with torch.no_grad():
-            means = cosine_class_means(self.features(support_x.to(self.device)), support_y, way)
-        return lambda query_x: cosine_logits(self.features(query_x.to(means.device)), means, 10.0)
+            return CosineMeansPredictor(self, cosine_class_means(self.features(support_x.to(self.device)),
+                                                                 support_y, way))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> CosineMeansPredictor:
+        return restored(lambda: CosineMeansPredictor(self, state["means"]), state, way, self.name)

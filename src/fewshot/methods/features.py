@@ -21,8 +21,8 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.hashing import fingerprint
-from fewshot.methods.base import Predictor
-from fewshot.methods.heads import CLASSIFIERS, ClassifierConfig, fit_classifier
+from fewshot.methods.base import Adapted, restored, substate
+from fewshot.methods.heads import CLASSIFIERS, ClassifierConfig, FittedClassifier, classifier_from_state, fit_classifier
 from fewshot.methods.transfer import TransferMethod
 from fewshot.models.base import embed
 from fewshot.models.embedding_cache import EmbeddingCache, embedding_cache_dir
@@ -45,6 +45,19 @@ class FeaturesConfig(ClassifierConfig):
             raise FewShotError("method.C must be > 0, method.batch_size and method.max_iter >= 1")
 
 
+class FeaturesPredictor(Adapted):
+    """Feature extraction adapted to a task: the classifier fitted on the support embeddings (``head``) over the
+    method's frozen backbone (through its embedding cache)."""
+
+    def __init__(self, method: FeatureExtraction, head: FittedClassifier) -> None:
+        super().__init__(method, head.way)
+        self.head = head
+
+    def forward(self, query_x: Any) -> torch.Tensor:
+        method = self.method
+        return self.head(method.embed(query_x, method.cache()))
+
+
 class FeatureExtraction(TransferMethod):
     """Frozen backbone + a new classifier per task (logistic regression or cosine nearest class mean)."""
 
@@ -57,8 +70,9 @@ class FeatureExtraction(TransferMethod):
         self._read_disk = True
 
     def cache(self) -> EmbeddingCache | None:
-        """The embedding cache of the backbone's current weights (None when caching is off or while training)."""
-        if self.config.cache == "off" or self.backbone.training:
+        """The embedding cache of the backbone's current weights (None when caching is off, while training, or while an
+        export traces the predictor)."""
+        if self.config.cache == "off" or self.backbone.training or torch.jit.is_tracing():  # an export: no lookups
             return None
         key = fingerprint(self.backbone)
         if key not in self._caches:
@@ -81,10 +95,13 @@ class FeatureExtraction(TransferMethod):
             return embed(self.backbone, x, self.config.batch_size)
         return cache.lookup(self.backbone, x, self.config.batch_size)
 
-    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
-        cache = self.cache()
-        classify = fit_classifier(self.embed(support_x, cache), support_y, way, self.config)
-        return lambda query_x: classify(self.embed(query_x, cache))
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> FeaturesPredictor:
+        return FeaturesPredictor(self, fit_classifier(self.embed(support_x, self.cache()), support_y, way,
+                                                      self.config))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> FeaturesPredictor:
+        return restored(lambda: FeaturesPredictor(self, classifier_from_state(substate(state, "head."), way,
+                                                                               self.config)), state, way, self.name)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """All tasks' inputs embedded in one pass (through the cache), then one classifier per task."""

@@ -25,6 +25,7 @@ from torch import nn
 
 from fewshot.data.inputs import batch_len, take, to_device
 from fewshot.errors import FewShotError
+from fewshot.methods.base import Adapted, restored
 from fewshot.methods.heads import prototype_head
 from fewshot.methods.transfer import TransferMethod
 from fewshot.models.base import embed
@@ -69,12 +70,18 @@ class FineTuneConfig:
             raise FewShotError(f"method.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
-class Adapted(nn.Module):
-    """A fine-tuned copy of the backbone and its head; called on query inputs it returns logits."""
+class FineTuned(Adapted):
+    """A fine-tuned copy of the backbone (``tuned``; none when only the head trained: then it runs on the method's own
+    backbone) and its new head (``head``); called on query inputs it returns logits."""
 
-    def __init__(self, model: nn.Module, head: nn.Linear, start: int, staged: bool) -> None:
-        super().__init__()
-        self.model, self.head, self.start, self.staged = model, head, start, staged
+    def __init__(self, method: FineTune, model: nn.Module | None, head: nn.Linear, start: int, staged: bool) -> None:
+        super().__init__(method, head.out_features)
+        self.tuned, self.head, self.start, self.staged = model, head, start, staged
+
+    @property
+    def model(self) -> nn.Module:
+        """The backbone the head reads: the tuned copy, or the method's own when only the head trained."""
+        return self.method.backbone if self.tuned is None else self.tuned
 
     def bottom(self, x: Any) -> Any:
         """The frozen part's output (no gradient); tensor inputs are moved to the head's device first."""
@@ -112,7 +119,21 @@ class FineTune(TransferMethod):
                                f"{len(blocks)} blocks")
         return blocks
 
-    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Adapted:
+    def layout(self) -> tuple[int, bool]:
+        """The first trained block (0: all, or the head only) and whether the frozen bottom runs once (staged)."""
+        start = len(self.blocks()) - self.config.top_k if self.config.top_k > 0 else 0
+        return start, start > 0 and callable(getattr(self.backbone, "forward_blocks", None))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> FineTuned:
+        def build() -> FineTuned:
+            weight = state["head.weight"]
+            head = nn.Linear(weight.shape[1], weight.shape[0]).to(self.device).requires_grad_(False)
+            model = None if self.config.top_k == 0 else copy.deepcopy(self.backbone).requires_grad_(False)
+            return FineTuned(self, model, head, *self.layout())
+
+        return restored(build, state, way, self.name)
+
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> FineTuned:
         cfg = self.config
         n = batch_len(support_x)
         if n != support_y.shape[0]:
@@ -124,7 +145,7 @@ class FineTune(TransferMethod):
             self.backbone.eval()
             feats = embed(self.backbone, support_x)
             head = self._train_head_only(feats, support_y, way, g).requires_grad_(False)
-            return Adapted(self.backbone, head, 0, staged=False)  # shares (and must not freeze) the backbone
+            return FineTuned(self, None, head, 0, staged=False)  # runs on (and must not freeze) the method's backbone
         model = copy.deepcopy(self.backbone)
         start = 0
         if cfg.top_k > 0:
@@ -137,7 +158,7 @@ class FineTune(TransferMethod):
         staged = callable(getattr(model, "forward_blocks", None)) and start > 0
         model.train(not cfg.freeze_bn)
         head = self._new_head(way, g).to(device)
-        adapted = Adapted(model, head, start, staged)
+        adapted = FineTuned(self, model, head, start, staged)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params, head)
         h = adapted.bottom(support_x)

@@ -3,7 +3,6 @@ prototype-initialised linear layer, and logistic regression. Shared by the metho
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,32 +71,120 @@ class ClassifierConfig:
     """Multiplies the cosine logits of ``ncm`` (argmax, hence accuracy, does not depend on it)."""
 
 
+class FittedClassifier(nn.Module):
+    """A classifier fitted on one task's support features: query features -> logits ``[Q, way]`` (CPU tensors). Its
+    ``state_dict()`` is all it learnt; :func:`classifier_from_state` rebuilds it."""
+
+    way: int
+
+
+class CosineMeans(FittedClassifier):
+    """Cosine nearest class mean: ``temperature`` times the cosine with each class mean."""
+
+    def __init__(self, means: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.register_buffer("means", means)
+        self.temperature, self.way = temperature, means.shape[0]
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(q.float().cpu(), self.means, self.temperature)
+
+
+class OneClass(FittedClassifier):
+    """A support set of one class only: that class wins everywhere."""
+
+    def __init__(self, present: torch.Tensor, way: int) -> None:
+        super().__init__()
+        self.register_buffer("present", present.reshape(()).long())
+        self.register_buffer("classes", torch.zeros(way, dtype=torch.bool))  # keeps the class count in the state
+        self.way = way
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(torch.full((q.shape[0],), int(self.present)), self.way).float()
+
+
+class LogisticHead(FittedClassifier):
+    """Multinomial logistic regression (scikit-learn's, fitted on the support features): its coefficients, intercepts
+    and which of the ``way`` classes it saw (``known``, a mask) are buffers; the scores are scikit-learn's
+    ``decision_function`` of the same numbers."""
+
+    def __init__(self, coef: torch.Tensor, intercept: torch.Tensor, known: torch.Tensor, normalize: bool) -> None:
+        super().__init__()
+        self.register_buffer("coef", coef)
+        self.register_buffer("intercept", intercept)
+        self.register_buffer("known", known.bool())
+        self.way, self.normalize = known.numel(), normalize
+        self._fitted = None
+
+    @property
+    def classes(self) -> torch.Tensor:
+        return torch.nonzero(self.known.cpu()).flatten()
+
+    @classmethod
+    def fit(cls, support: torch.Tensor, labels: torch.Tensor, way: int, config: ClassifierConfig) -> LogisticHead:
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=config.C, max_iter=config.max_iter)
+        clf.fit(_prepare(support, config.normalize), labels.numpy())
+        known = torch.zeros(way, dtype=torch.bool)
+        known[torch.as_tensor(clf.classes_, dtype=torch.long)] = True
+        return cls(torch.from_numpy(np.ascontiguousarray(clf.coef_)),
+                   torch.from_numpy(np.ascontiguousarray(clf.intercept_)), known, config.normalize)
+
+    def classifier(self):  # noqa: ANN201 - a scikit-learn LogisticRegression
+        """scikit-learn's classifier holding this head's numbers (built once)."""
+        if self._fitted is None:
+            from sklearn.linear_model import LogisticRegression
+
+            clf = LogisticRegression()
+            clf.coef_ = self.coef.cpu().numpy()
+            clf.intercept_ = self.intercept.cpu().numpy()
+            clf.classes_ = self.classes.numpy()
+            clf.n_features_in_ = clf.coef_.shape[1]
+            self._fitted = clf
+        return self._fitted
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super()._load_from_state_dict(*args, **kwargs)
+        self._fitted = None
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():  # an export (ONNX): the same numbers in torch, float64 as scikit-learn's
+            z = q.float().cpu()
+            z = (F.normalize(z, dim=-1) if self.normalize else z).double()
+            scores = (z @ self.coef.T.cpu() + self.intercept.cpu()).float()
+        else:
+            scores = torch.from_numpy(self.classifier().decision_function(_prepare(q, self.normalize))).float()
+        if scores.dim() == 1:  # binary: sklearn returns the score of classes_[1]
+            scores = torch.stack([-scores, scores], dim=-1)
+        out = torch.full((q.shape[0], self.way), -1e9)
+        out[:, self.classes] = scores
+        return out
+
+
+def _prepare(z: torch.Tensor, normalize: bool) -> np.ndarray:
+    z = z.detach().float().cpu()
+    return (F.normalize(z, dim=-1) if normalize else z).double().numpy()
+
+
 def fit_classifier(support: torch.Tensor, labels: torch.Tensor, way: int,
-                   config: ClassifierConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A classifier on support embeddings; returns ``query embeddings -> logits [Q, way]``. Runs on the CPU (a few
+                   config: ClassifierConfig) -> FittedClassifier:
+    """A classifier on support embeddings: a module ``query embeddings -> logits [Q, way]``. Runs on the CPU (a few
     dozen rows: moving them is cheaper than launching GPU kernels); the logits are CPU tensors."""
     support, labels = support.detach().float().cpu(), labels.cpu()
     if config.classifier == "ncm":
-        means = cosine_class_means(support, labels, way)
-        return lambda q: cosine_logits(q.float().cpu(), means, config.temperature)
-    from sklearn.linear_model import LogisticRegression
-
-    def prep(z: torch.Tensor) -> np.ndarray:
-        z = z.detach().cpu()
-        return (F.normalize(z, dim=-1) if config.normalize else z).double().numpy()
-
+        return CosineMeans(cosine_class_means(support, labels, way), config.temperature)
     present = sorted(set(labels.tolist()))
     if len(present) == 1:  # one class only: it wins everywhere
-        return lambda q: F.one_hot(torch.full((q.shape[0],), present[0]), way).float()
-    clf = LogisticRegression(C=config.C, max_iter=config.max_iter)
-    clf.fit(prep(support), labels.numpy())
+        return OneClass(torch.tensor(present[0]), way)
+    return LogisticHead.fit(support, labels, way, config)
 
-    def predict(q: torch.Tensor) -> torch.Tensor:
-        scores = torch.from_numpy(clf.decision_function(prep(q))).float()
-        if scores.dim() == 1:  # binary: sklearn returns the score of classes_[1]
-            scores = torch.stack([-scores, scores], dim=-1)
-        out = torch.full((q.shape[0], way), -1e9)
-        out[:, torch.as_tensor(clf.classes_, dtype=torch.long)] = scores
-        return out
 
-    return predict
+def classifier_from_state(state: dict[str, torch.Tensor], way: int, config: ClassifierConfig) -> FittedClassifier:
+    """The classifier :func:`fit_classifier` made, from its ``state_dict()`` (keys as it saved them; a missing one
+    raises ``KeyError``)."""
+    if "means" in state:
+        return CosineMeans(state["means"], config.temperature)
+    if "present" in state:
+        return OneClass(state["present"], way)
+    return LogisticHead(state["coef"], state["intercept"], state["known"], config.normalize)

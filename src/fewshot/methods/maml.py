@@ -63,7 +63,8 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy, backward_query_loss, task_chunks
+from fewshot.methods.base import Method, accuracy, backward_query_loss, task_chunks
+from fewshot.methods.fast_weights import FastWeights
 from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
@@ -240,18 +241,20 @@ class MAML(Method):
             total_acc += accuracy(logits, episode.query_y[t])
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
         if self.config.plus_plus:
             return self._adapt_plus_plus(support_x, support_y)
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
         with torch.enable_grad():
             fast = inner_loop(self.model, params, support_x, support_y, self.config.test_inner_steps, lrs, False)
-        fast = [p.detach() for p in fast]
-        if self.transductive:
-            return lambda query_x: self.model(query_x, fast)
-        batched = self.fast_path()
-        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched)
+        return FastWeights(self, [p.detach() for p in fast], support_x, self.transductive, self.fast_path())
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> FastWeights:
+        if self.config.plus_plus:
+            return FastWeights.restore(self, state, way, self._scores_together(), batches_tasks(self.model),
+                                       self._step(self.config.test_inner_steps))
+        return FastWeights.restore(self, state, way, self.transductive, self.fast_path())
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
@@ -341,22 +344,20 @@ class MAML(Method):
             total_acc += accuracy(logits, query_y)
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
-    def _adapt_plus_plus(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+    def _adapt_plus_plus(self, support_x: torch.Tensor, support_y: torch.Tensor) -> FastWeights:
         steps = self.config.test_inner_steps
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         fast = params
         with torch.enable_grad():
             for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, detach_lrs=True):
                 fast = adapted
-        fast = [p.detach() for p in fast]
-        step = self._step(steps)
-        # per-step running statistics in eval mode: no pass depends on its batch, so the queries may go together
-        alone = self.config.per_step_bn_stats and not self.model.training
-        if self.transductive or alone:
-            return lambda query_x: self.model(query_x, fast, **step)
-        batched = batches_tasks(self.model)
-        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched,
-                                                       **step)
+        return FastWeights(self, [p.detach() for p in fast], support_x, self._scores_together(),
+                           batches_tasks(self.model), self._step(steps))
+
+    def _scores_together(self) -> bool:
+        """Whether MAML++'s predictor passes the queries in one batch: when transductive, or with per-step running
+        statistics in eval mode (then no pass depends on its batch, so each answer is still the query's own)."""
+        return self.transductive or (self.config.per_step_bn_stats and not self.model.training)
 
 
 def msl_weights(steps: int, iteration: int | None, anneal_iterations: int) -> list[float] | None:

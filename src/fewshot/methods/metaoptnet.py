@@ -42,7 +42,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Adapted, Method, accuracy, restored
 
 SOLVERS = ("auto", "dual", "primal")
 
@@ -98,6 +98,20 @@ def ridge_logits(query: torch.Tensor, support: torch.Tensor, support_y: torch.Te
     return scale * (query @ ridge_weights(support, targets, lam, solver)) + bias
 
 
+class RidgeHead(Adapted):
+    """MetaOptNet adapted to a task: the ridge solution ``weights [dim, way]`` and the scale and bias it is read with,
+    over the method's own backbone."""
+
+    def __init__(self, method: MetaOptNet, weights: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__(method, weights.shape[-1])
+        self.tensors(weights=weights, scale=scale, bias=bias)
+
+    def forward(self, query_x: Any) -> torch.Tensor:
+        query = self.method._features(query_x)
+        with torch.autocast(query.device.type, enabled=False):
+            return self.scale * (query.to(self.weights.dtype) @ self.weights) + self.bias
+
+
 class MetaOptNet(Method):
     name = "metaoptnet"
     needs_head = False
@@ -148,7 +162,7 @@ class MetaOptNet(Method):
         return {"loss": loss.item(), "accuracy": accuracy(logits, episode.query_y), "lambda": self.lam.item(),
                 "scale": self.scale.item(), "bias": self.bias.item()}
 
-    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> RidgeHead:
         with torch.no_grad():
             support = self._features(support_x)
             targets = F.one_hot(support_y, way).to(support.dtype)
@@ -156,10 +170,8 @@ class MetaOptNet(Method):
                 weights = ridge_weights(support, targets, self.lam.to(support.dtype), self.config.solver)
             scale = self.scale.detach().clone().to(support.dtype)
             bias = self.bias.detach().clone().to(support.dtype)
+        return RidgeHead(self, weights, scale, bias)
 
-        def predictor(query_x: Any) -> torch.Tensor:
-            query = self._features(query_x)
-            with torch.autocast(query.device.type, enabled=False):
-                return scale * (query.to(weights.dtype) @ weights) + bias
-
-        return predictor
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> RidgeHead:
+        return restored(lambda: RidgeHead(self, state["weights"], state["scale"], state["bias"]), state, way,
+                        self.name)

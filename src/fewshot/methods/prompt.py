@@ -36,7 +36,7 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Adapted, Method, accuracy, restored
 from fewshot.methods.heads import cosine_class_means
 
 INITS = ("random", "vocab")
@@ -91,6 +91,35 @@ def initial_prompt(embeddings: nn.Embedding, length: int, init: str, seed: int, 
     low = min(1000, vocab // 10)  # skip special / unused tokens at the start of the vocabulary
     ids = torch.randint(low, min(vocab, low + 5000), (length,), generator=g)
     return weight[ids.to(weight.device)].cpu().clone()
+
+
+class TunedPrompt(Adapted):
+    """Prompt tuning adapted to a task: the tuned ``prompt``, the tuned head (``head_0``, ``head_1``: none for a
+    verbalizer, the class-mean weights, or a linear layer's weight and bias) and, for a verbalizer, the label words'
+    token ids (``label_ids``, flat, cut by ``label_lengths``), over the method's frozen model."""
+
+    def __init__(self, method: PromptTuning, prompt: torch.Tensor, head: Sequence[torch.Tensor],
+                 label_ids: Sequence[Sequence[int]] | None = None, flat_ids: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None) -> None:
+        if label_ids is not None:
+            flat_ids = torch.tensor([i for ids in label_ids for i in ids], dtype=torch.long)
+            lengths = torch.tensor([len(ids) for ids in label_ids], dtype=torch.long)
+        super().__init__(method, lengths.numel() if lengths is not None else head[0].shape[0])
+        self.heads = len(head)
+        self.tensors(prompt=prompt, **{f"head_{i}": h for i, h in enumerate(head)}, label_ids=flat_ids,
+                     label_lengths=lengths)
+
+    def label_words(self) -> list[list[int]] | None:
+        if self.label_lengths is None:
+            return None
+        ids = self.label_ids.tolist()
+        bounds = [0, *torch.cumsum(self.label_lengths.cpu(), 0).tolist()]
+        return [ids[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def forward(self, query_x: list[str]) -> torch.Tensor:
+        head = [getattr(self, f"head_{i}") for i in range(self.heads)]
+        with torch.no_grad():
+            return self.method.logits(query_x, self.prompt, head, self.label_words())
 
 
 class PromptTuning(Method):
@@ -199,14 +228,19 @@ class PromptTuning(Method):
         return prompt.detach(), [h.detach() for h in head], label_ids
 
     def adapt(self, support_x: list[str], support_y: torch.Tensor, way: int,
-              class_names: Sequence[str] | None = None, start: torch.Tensor | None = None) -> Predictor:
+              class_names: Sequence[str] | None = None, start: torch.Tensor | None = None) -> TunedPrompt:
         prompt, head, label_ids = self.tune(support_x, support_y, way, self.config.steps, class_names, start)
+        if label_ids is None:
+            return TunedPrompt(self, prompt, head)
+        return TunedPrompt(self, prompt, head, label_ids)
 
-        def predict(query_x: list[str]) -> torch.Tensor:
-            with torch.no_grad():
-                return self.logits(query_x, prompt, head, label_ids)
-
-        return predict
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> TunedPrompt:
+        heads = 0 if self.verbalizer else 2 if self.config.head == "linear" else 1
+        if self.verbalizer:
+            return restored(lambda: TunedPrompt(self, state["prompt"], [], None, state["label_ids"],
+                                                state["label_lengths"]), state, way, self.name)
+        return restored(lambda: TunedPrompt(self, state["prompt"], [state[f"head_{i}"] for i in range(heads)]),
+                        state, way, self.name)
 
     def _task_names(self, episode: Episode, t: int) -> list[str] | None:
         if self.class_names is None or not self.verbalizer:  # only a verbalizer reads label words

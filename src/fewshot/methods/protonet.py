@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshot.data.tasks import Episode
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Adapted, Method, accuracy, restored
 from fewshot.methods.heads import prototypes, squared_distance_logits
 
 
@@ -17,6 +17,16 @@ from fewshot.methods.heads import prototypes, squared_distance_logits
 class ProtoNetConfig:
     pass
 
+
+class Prototypes(Adapted):
+    """ProtoNet adapted to a task: its class means (``prototypes [way, dim]``) in the method's embedding."""
+
+    def __init__(self, method: ProtoNet, prototypes: torch.Tensor) -> None:
+        super().__init__(method, prototypes.shape[0])
+        self.tensors(prototypes=prototypes)
+
+    def forward(self, query_x: torch.Tensor) -> torch.Tensor:
+        return squared_distance_logits(self.method.model(query_x), self.prototypes)
 
 
 class ProtoNet(Method):
@@ -39,7 +49,9 @@ class ProtoNet(Method):
         loss.backward()
         return {"loss": loss.item(), "accuracy": accuracy(logits, episode.query_y)}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Prototypes:
         with torch.no_grad():
-            protos = prototypes(self.model(support_x), support_y, way)
-        return lambda query_x: squared_distance_logits(self.model(query_x), protos)
+            return Prototypes(self, prototypes(self.model(support_x), support_y, way))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> Prototypes:
+        return restored(lambda: Prototypes(self, state["prototypes"]), state, way, self.name)

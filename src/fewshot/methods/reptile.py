@@ -35,7 +35,8 @@ from torch import nn
 
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Method, Predictor, accuracy
+from fewshot.methods.base import Method, accuracy
+from fewshot.methods.fast_weights import FastWeights
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 QUERY_CHUNK = 8
@@ -201,13 +202,13 @@ class Reptile(Method):
             p.grad = d if p.grad is None else p.grad + d
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
         batch = min(self.config.test_inner_batch, len(support_y))
         fast, _ = self.train_task(support_x, support_y, self.config.test_inner_steps, batch)
-        if self.transductive:
-            return lambda query_x: self.model(query_x, fast)
-        batched = self.fast_path(support_x)
-        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched)
+        return FastWeights(self, fast, support_x, self.transductive, self.fast_path(support_x))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> FastWeights:
+        return FastWeights.restore(self, state, way, self.transductive, self.fast_path(state.get("support_x")))
 
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``: all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""

@@ -34,8 +34,8 @@ from torch import nn
 
 from fewshot.data.inputs import batch_len, take, to_device
 from fewshot.errors import FewShotError
-from fewshot.methods.base import Predictor
-from fewshot.methods.heads import ClassifierConfig, fit_classifier
+from fewshot.methods.base import Adapted, restored, substate
+from fewshot.methods.heads import ClassifierConfig, FittedClassifier, classifier_from_state, fit_classifier
 from fewshot.methods.transfer import TransferMethod
 from fewshot.models.base import embed
 
@@ -120,6 +120,18 @@ def warmup_linear(steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
+class SetFitPredictor(Adapted):
+    """SetFit adapted to a task: the contrastively tuned copy of the encoder (``encoder``) and the logistic regression
+    on its embeddings (``head``)."""
+
+    def __init__(self, method: SetFit, encoder: nn.Module, head: FittedClassifier) -> None:
+        super().__init__(method, head.way)
+        self.encoder, self.head = encoder, head
+
+    def forward(self, query_x: Any) -> torch.Tensor:
+        return self.head(embed(self.encoder, query_x))
+
+
 class SetFit(TransferMethod):
     """Contrastive fine-tuning of a copy of the encoder on support pairs, then logistic regression on it."""
 
@@ -169,9 +181,15 @@ class SetFit(TransferMethod):
                 losses.append(value)
         return model.requires_grad_(False).eval(), losses
 
-    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> Predictor:
+    def adapt(self, support_x: Any, support_y: torch.Tensor, way: int) -> SetFitPredictor:
         if batch_len(support_x) != support_y.shape[0]:
             raise FewShotError(f"{batch_len(support_x)} support inputs but {support_y.shape[0]} labels")
         model, _ = self.tune_encoder(support_x, support_y)
-        classify = fit_classifier(embed(model, support_x), support_y, way, self.head_config)
-        return lambda query_x: classify(embed(model, query_x))
+        return SetFitPredictor(self, model, fit_classifier(embed(model, support_x), support_y, way, self.head_config))
+
+    def restore(self, state: dict[str, torch.Tensor], way: int) -> SetFitPredictor:
+        def build() -> SetFitPredictor:
+            head = classifier_from_state(substate(state, "head."), way, self.head_config)
+            return SetFitPredictor(self, copy.deepcopy(self.backbone).requires_grad_(False).eval(), head)
+
+        return restored(build, state, way, self.name)

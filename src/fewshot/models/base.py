@@ -258,6 +258,8 @@ def embed(backbone: nn.Module, x: Any, batch_size: int = 64) -> torch.Tensor:
     if n == 0:
         raise FewShotError("nothing to embed: the batch is empty")
     device = module_device(backbone)
+    if torch.jit.is_tracing():  # an export traces one pass over the whole (dynamic) batch
+        return backbone(to_device(x, device)).float()
     out = []
     with torch.no_grad():
         for start in range(0, n, batch_size):

@@ -1,0 +1,154 @@
+"""Which model ``fewshot fit`` uses when none is given: the best of our own measured results at the support set's
+shot count, with the figure it rests on.
+
+The figures are copied from the committed results (``tests/test_defaults.py`` checks they still equal them):
+
+* images — the shipped ``zoo/`` checkpoints, 600 fixed Omniglot test episodes each (``results/omniglot.json``, the
+  table in ``results/omniglot.md``);
+* text — all-MiniLM-L6-v2 methods on CLINC150, BANKING77 and HWU64 (``results/text.md``): 5-way 1-shot and 5-shot
+  (600 fixed test episodes), and all classes with 10 examples each (official test sets, 5 draws). A method is ranked
+  by its mean over the three data sets; only methods measured on all three count.
+
+Shot buckets: fewer than 3 examples per class (the smallest class counts) reads the 1-shot figures, 3 to 7 the 5-shot
+figures, 8 or more the 10-shot figures (images: the 5-shot ones, the most measured).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewshot.errors import FewShotError
+
+IMAGE_SOURCE = "results/omniglot.json"
+TEXT_SOURCE = "results/text.md"
+
+IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
+    # (method, shots): (accuracy %, 95% CI) of zoo/omniglot_5w{shots}s_{method}.safetensors, 600 test episodes
+    ("protonet", 1): (97.13, 0.31), ("maml", 1): (96.14, 0.37), ("reptile", 1): (78.93, 0.78),
+    ("anil", 1): (95.16, 0.42), ("metaoptnet", 1): (97.21, 0.30),
+    ("protonet", 5): (98.31, 0.18), ("maml", 5): (92.48, 0.36), ("anil", 5): (93.68, 0.39),
+    ("metaoptnet", 5): (98.87, 0.14),
+}
+"""``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint."""
+
+TEXT_DATASETS = ("CLINC150", "BANKING77", "HWU64")
+TEXT_FIGURES: dict[tuple[str, int], tuple[float, float, float]] = {
+    # (recipe suffix, shots): accuracy % on CLINC150, BANKING77, HWU64
+    ("features", 1): (94.92, 84.98, 84.45), ("ncm", 1): (94.89, 84.82, 83.50), ("finetune", 1): (94.71, 84.09, 83.70),
+    ("setfit", 1): (95.00, 84.95, 84.37), ("prompt_random", 1): (94.95, 83.18, 81.78),
+    ("prompt", 1): (94.96, 86.31, 82.59),
+    ("features", 5): (99.02, 94.66, 95.23), ("ncm", 5): (98.91, 94.28, 93.90), ("finetune", 5): (99.18, 94.38, 95.74),
+    ("prompt_random", 5): (98.94, 94.43, 94.22), ("prompt", 5): (99.03, 95.13, 94.15),
+    ("features", 10): (88.74, 81.84, 81.26), ("ncm", 10): (88.78, 81.23, 80.11),
+    ("finetune", 10): (91.75, 83.56, 84.28),
+}
+"""``results/text.md``: "Episodic 5-way" table (1 and 5 shots) and "All classes, 10 examples each" (10 shots)."""
+
+TRAINED_TEXT = ("prompt",)
+"""Text methods whose figures come from a trained checkpoint (``zoo/text/``), not a recipe needing no training."""
+
+TEXT_TABLES = {1: "5-way 1-shot, 600 test episodes", 5: "5-way 5-shot, 600 test episodes",
+               10: "all classes, 10 examples each, official test sets"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A default model and why."""
+
+    model: str
+    """What :func:`fewshot.classify.load_model` reads: a zoo checkpoint path or a recipe name."""
+    method: str
+    shots: int
+    """The measured shot count whose figures were read (1, 5 or 10)."""
+    accuracy: float
+    """The figure the choice rests on (%): the checkpoint's, or the method's mean over the text data sets."""
+    source: str
+    reason: str
+    """One line: what was chosen, the figure and where it comes from."""
+
+
+def zoo_dir() -> Path:
+    """The ``zoo/`` folder of shipped checkpoints (``$FEWSHOT_ZOO``, else the one beside the source tree)."""
+    import os
+
+    return Path(os.environ.get("FEWSHOT_ZOO") or Path(__file__).resolve().parents[2] / "zoo")
+
+
+def bucket(shots: int, measured: tuple[int, ...]) -> int:
+    """The measured shot count whose figures apply to a support set with ``shots`` examples in its smallest class."""
+    want = 1 if shots < 3 else 5 if shots < 8 else 10
+    return max(s for s in measured if s <= want)
+
+
+def choose(modality: str, shots: int, way: int, method: str | None = None) -> Choice:
+    """The default model for a ``way``-class support set whose smallest class has ``shots`` examples (``method``:
+    the best of that method only)."""
+    if modality == "images":
+        return _choose_images(shots, way, method)
+    if modality == "text":
+        return _choose_text(shots, method)
+    raise FewShotError(f"no default model for {modality!r} inputs")
+
+
+def _choose_images(shots: int, way: int, method: str | None) -> Choice:
+    from fewshot import registry
+
+    cell = bucket(shots, (1, 5))
+    candidates = {m: fig for (m, s), fig in IMAGE_FIGURES.items() if s == cell}
+    if method is not None:
+        if method not in candidates:
+            raise FewShotError(f"no zoo image model for method {method!r} at {cell} shot(s); there are "
+                               f"{', '.join(sorted(candidates))}")
+        candidates = {method: candidates[method]}
+    elif way != 5:  # a model with a fixed 5-way output layer cannot take another number of classes
+        candidates = {m: f for m, f in candidates.items() if not registry.METHODS[m].builder().needs_head}
+    best = max(candidates, key=lambda m: candidates[m][0])
+    accuracy, ci = candidates[best]
+    path = zoo_dir() / f"omniglot_5w{cell}s_{best}.safetensors"
+    ranked = "" if method else f", the best zoo checkpoint at {cell} shot{'s' if cell > 1 else ''}"
+    reason = (f"{path.name} ({best}){ranked}: {accuracy:.2f} ± {ci:.2f}% on Omniglot 5-way {cell}-shot, 600 test "
+              f"episodes ({IMAGE_SOURCE})")
+    return Choice(str(path), best, cell, accuracy, IMAGE_SOURCE, reason)
+
+
+def _choose_text(shots: int, method: str | None) -> Choice:
+    cell = bucket(shots, (1, 5, 10))
+    candidates = {m: sum(fig) / len(fig) for (m, s), fig in TEXT_FIGURES.items() if s == cell}
+    if method is not None:
+        if method not in candidates:
+            raise FewShotError(f"no measured MiniLM method {method!r} at {cell} shot(s); there are "
+                               f"{', '.join(sorted(candidates))}")
+        candidates = {method: candidates[method]}
+    best = max(candidates, key=lambda m: candidates[m])
+    figures = TEXT_FIGURES[(best, cell)]
+    if best in TRAINED_TEXT:  # a meta-learned start: a trained checkpoint shipped in zoo/text
+        model = str(zoo_dir() / "text" / f"clinc150_5w{cell}s_{best}_minilm.safetensors")
+    elif cell == 10:
+        model = f"clinc150_10s_all_{best}_minilm"
+    else:
+        model = f"clinc150_5w{cell}s_{best}_minilm"
+    listed = ", ".join(f"{name} {value:.2f}" for name, value in zip(TEXT_DATASETS, figures, strict=True))
+    ranked = "" if method else ", the best MiniLM method"
+    reason = (f"{model} ({best}){ranked} at {TEXT_TABLES[cell]}: mean {candidates[best]:.2f}% ({listed}; "
+              f"{TEXT_SOURCE})")
+    return Choice(model, best, cell, candidates[best], TEXT_SOURCE, reason)
+
+
+def figure_for(model: str, modality: str, shots: int, way: int) -> Choice | None:
+    """The measured figure of a model given by name (a zoo checkpoint ``omniglot_5w<K>s_<method>``, or a recipe /
+    zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none."""
+    name = Path(model).name.removesuffix(".safetensors")
+    if modality == "images":
+        for (method, cell) in IMAGE_FIGURES:
+            if name == f"omniglot_5w{cell}s_{method}":
+                choice = _choose_images(cell, 5, method)
+                return choice
+        return None
+    cell = bucket(shots, (1, 5, 10))
+    for (method, s) in TEXT_FIGURES:
+        if s == cell:
+            choice = _choose_text(shots, method)
+            if Path(choice.model).name.removesuffix(".safetensors") == name:
+                return choice
+    return None

@@ -1,0 +1,62 @@
+"""The default-model table cites our results: every figure in fewshot.defaults equals the committed results files."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fewshot import defaults
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_image_figures_equal_results_omniglot_json():
+    rows = json.loads((REPO / defaults.IMAGE_SOURCE).read_text())["results"]
+    measured = {(r["method"], int(r["cell"][2])): (round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2))
+                for r in rows}
+    assert defaults.IMAGE_FIGURES == measured
+    for (method, cell) in defaults.IMAGE_FIGURES:
+        assert (REPO / "zoo" / f"omniglot_5w{cell}s_{method}.safetensors").is_file()
+
+
+def _row(text: str, marker: str) -> list[float]:
+    line = next(line for line in text.splitlines() if line.startswith("|") and marker in line)
+    return [float(x) for x in re.findall(r"(\d+\.\d+) ±", line)]
+
+
+def test_text_figures_equal_results_text_md():
+    text = (REPO / defaults.TEXT_SOURCE).read_text()
+    episodic = text[text.index("## Episodic 5-way"):text.index("ᴳ: run on")]
+    all_classes = text[text.index("## All classes, 10 examples each"):text.index("Commands:")]
+    for (method, shots), figures in defaults.TEXT_FIGURES.items():
+        if shots == 10:
+            row = _row(all_classes, f"`10s_all_{method}_minilm`")
+            clinc, banking, hwu = row[1], row[0], row[2]  # the table's columns: BANKING77, CLINC150, HWU64
+        else:
+            row = _row(episodic, f"(`{method}_minilm`)")
+            if method == "setfit":  # measured at 1 shot only
+                row = [row[0], None, row[1], None, row[2], None]
+            column = 0 if shots == 1 else 1
+            clinc, banking, hwu = row[column], row[column + 2], row[column + 4]
+        assert figures == (clinc, banking, hwu), (method, shots)
+
+
+@pytest.mark.parametrize("modality, shots, way, model, figure", [
+    ("images", 1, 20, "omniglot_5w1s_metaoptnet.safetensors", "97.21 ± 0.30%"),
+    ("images", 5, 20, "omniglot_5w5s_metaoptnet.safetensors", "98.87 ± 0.14%"),
+    ("text", 1, 5, "clinc150_5w1s_features_minilm", "mean 88.12%"),
+    ("text", 5, 5, "clinc150_5w5s_finetune_minilm", "mean 96.43%"),
+    ("text", 10, 150, "clinc150_10s_all_finetune_minilm", "mean 86.53%"),
+])
+def test_choice_names_the_best_figure(modality, shots, way, model, figure):
+    choice = defaults.choose(modality, shots, way)
+    assert Path(choice.model).name == model and figure in choice.reason and choice.source in choice.reason
+
+
+def test_method_narrows_the_choice_and_fixed_heads_need_five_classes():
+    assert defaults.choose("images", 5, 20, "protonet").method == "protonet"
+    assert defaults.choose("text", 12, 40, "features").model == "clinc150_10s_all_features_minilm"
+    assert all(defaults.choose("images", s, 7).method not in ("maml", "anil") for s in (1, 5))
+    with pytest.raises(Exception, match="no measured MiniLM method 'setfit' at 10"):
+        defaults.choose("text", 10, 5, "setfit")
