@@ -185,6 +185,10 @@ class MAML(Method):
             else:
                 feats = self.model.features(x, body)
             head, per_task = prototype_head_params(feats, y, way), batched
+            if torch.is_grad_enabled():
+                # the inner loop differentiates the fast weights as separate inputs (the body with the head held
+                # fixed): an alias keeps its gradient off the path through the prototypes to the body's tensors
+                body = [p.view_as(p) for p in body]
         head_lrs = [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
         return body + trainable(head), list(lrs[:-2]) + head_lrs, per_task
 

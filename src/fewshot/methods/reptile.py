@@ -44,7 +44,13 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, Predictor, accuracy
-from fewshot.methods.heads import check_every_class, check_head_init, prototype_head_params, resolve_head_init, zero_head
+from fewshot.methods.heads import (
+    check_every_class,
+    check_head_init,
+    prototype_head_params,
+    resolve_head_init,
+    zero_head,
+)
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 QUERY_CHUNK = 8
@@ -180,8 +186,10 @@ class Reptile(Method):
             torch._foreach_addcdiv_(fast, grads, denom, value=-lr)
         return fast, losses
 
-    def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
-                   generator: torch.Generator | None = None, way: int | None = None) -> tuple[list[torch.Tensor], float]:
+    def train_task(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, generator: torch.Generator | None = None,
+        way: int | None = None,
+    ) -> tuple[list[torch.Tensor], float]:
         """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)`` (drawn from ``generator``, else
         from torch's global random state); returns the task weights. ``way`` (the task's way) starts from the head
         ``head_init`` says; ``None``: from the trained weights."""
