@@ -162,8 +162,10 @@ def prototype_head_params(features: torch.Tensor, labels: torch.Tensor, way: int
 def check_every_class(labels: torch.Tensor, way: int) -> None:
     """A clear error when a class of ``0..way-1`` has no support example (its prototype would be undefined)."""
     counts = torch.bincount(labels.reshape(-1).cpu(), minlength=way)
-    if len(counts) > way or (counts == 0).any():
-        missing = torch.nonzero(counts[:way] == 0).flatten().tolist()
+    if len(counts) > way:
+        raise FewShotError(f"a {way}-way task has labels 0..{way - 1}, but its support set has label {len(counts) - 1}")
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
         raise FewShotError(f"head_init=prototypes needs a support example of each of the {way} classes (labels "
                            f"0..{way - 1}); classes {missing} have none")
 
