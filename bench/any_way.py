@@ -97,6 +97,24 @@ def comparisons(rows: list[dict]) -> list[dict]:
     return out
 
 
+def table(out: dict) -> str:
+    """The markdown table of ``results/omniglot.md``: accuracy ± Student-t 95% interval per checkpoint, way x shot
+    and init, with the paired difference of the two inits on the same episodes."""
+    rows = {(r["checkpoint"], r["way"], r["shot"], r["init"]): r for r in out["results"]}
+    diffs = {(c["checkpoint"], c["way"], c["shot"]): c for c in out["comparisons"]}
+    lines = ["| checkpoint | task | init A | init B | A (%) | B (%) | A − B (points, paired) | episodes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (ckpt, way, shot), c in sorted(diffs.items(), key=lambda kv: (kv[0][1] != OTHER_WAY,
+                                                                      CHECKPOINTS.index(Path(kv[0][0]).stem),
+                                                                      kv[0][2])):
+        a, b = rows[(ckpt, way, shot, c["a"])], rows[(ckpt, way, shot, c["b"])]
+        lines.append(f"| {Path(ckpt).stem} | {way}-way {shot}-shot | {c['a']} | {c['b']} | "
+                     f"{100 * a['accuracy']:.2f} ± {100 * a['ci95']:.2f} | {100 * b['accuracy']:.2f} ± "
+                     f"{100 * b['ci95']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['ci95']:.2f} | "
+                     f"{c['episodes']} |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -114,7 +132,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=list(CHECKPOINTS))
     parser.add_argument("--out", type=Path, default=REPO / "results" / "any_way.json")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     todo = cells(args.only, args.episodes, args.maml_episodes)
     todo.sort(key=lambda c: -(c["episodes"] * c["way"] * c["shot"] * (8 if "maml" in c["checkpoint"] else 1)))
     start = time.perf_counter()
@@ -129,6 +151,7 @@ def main() -> None:
            "wall_seconds": round(time.perf_counter() - start), "comparisons": comparisons(rows), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(table(out))
     print(f"wrote {args.out}")
 
 

@@ -47,8 +47,9 @@ class Method(nn.Module, ABC):
 
     name: ClassVar[str] = "method"
     needs_head: ClassVar[bool] = True
-    """Whether the model is built with an N-way output layer (``out_features = way``), whose way is then fixed;
-    False for methods that put their own classifier on the backbone's features."""
+    """Whether the model is built with an N-way output layer (``out_features = train.way``), whose way is then fixed
+    unless the method :attr:`builds_head`; False for methods that put their own classifier on the backbone's
+    features."""
     builds_head: ClassVar[bool] = False
     """For a method that :attr:`needs_head`: whether :meth:`adapt` (and :meth:`predict`) build an output layer for a
     task of any way from the trained one (``method.head_init``: MAML, ANIL, Reptile), so the model is built with the
