@@ -135,8 +135,11 @@ def test_meta_sgd_head_rates_extend_to_any_way(omniglot_test, one_thread):
     assert torch.count_nonzero(start[-2]) == 0 and start[-2].shape == (7, 8)
     _, same, _ = maml.task_start(params, list(maml.inner_lrs), ep.support_x[0][:5], ep.support_y[0][:5] % 5, 5)
     assert same[-2] is w_lr  # the trained way keeps each row's own rate
-    logits = maml.adapt(ep.support_x[0], ep.support_y[0], 7)(ep.query_x[0])
-    assert logits.shape == (21, 7) and torch.isfinite(logits).all()
+    for init in ("zeros", "prototypes"):  # the batched path (a head per task) gives what adapt gives
+        maml.config.head_init = init
+        logits = maml.adapt(ep.support_x[0], ep.support_y[0], 7)(ep.query_x[0])
+        assert logits.shape == (21, 7) and torch.isfinite(logits).all()
+        torch.testing.assert_close(maml.predict(ep)[0], logits, atol=1e-4, rtol=1e-4)
 
 
 # --- the meta-gradient through the prototypes -----------------------------------------------------------------------
