@@ -5,7 +5,7 @@ Each case runs ``fewshot`` in a real process, as the tests do; its outcome is on
 the cases run against another checkout's ``src/`` (e.g. an older commit in a ``git worktree``), which is how the
 "before" column of ``results/reliability.md`` is measured.
 
-Usage: python bench/reliability.py [--src PATH/src] [--out bench/out/reliability.json] [-k SUBSTRING]
+Usage: python bench/reliability.py [--src PATH/src] [--out bench/out/reliability.json] [-k SUBSTRING] [--files GLOB]
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 CATALOGUE = REPO / "tests" / "bad_input"
 
 
-def load_cases() -> list:
+def load_cases(files: str = "test_*.py") -> list:
     sys.path.insert(0, str(CATALOGUE))
     cases = []
-    for path in sorted(CATALOGUE.glob("test_*.py")):
+    for path in sorted(CATALOGUE.glob(files)):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module  # dataclasses in the module look themselves up there
         spec.loader.exec_module(module)
         cases += getattr(module, "CASES", [])
     return cases
@@ -42,12 +43,14 @@ def main() -> None:
                         default=Path(os.environ.get("FEWSHOT_DATA") or REPO.parent / "shared" / "data"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "reliability.json")
     parser.add_argument("-k", default="", help="only cases whose id contains this")
+    parser.add_argument("--files", default="test_*.py", help="which catalogue files (a glob in tests/bad_input/)")
     args = parser.parse_args()
     src = (args.src or REPO / "src").resolve()
     sys.path.insert(0, str(src))  # the tiny trained runs the cases copy are made by the checkout under test
+    sys.path.insert(0, str(CATALOGUE))
     from bad_input_harness import outcome, run_case
 
-    cases = [c for c in load_cases() if args.k in c.id]
+    cases = [c for c in load_cases(args.files) if args.k in c.id]
     rows, totals = [], collections.defaultdict(collections.Counter)
     with tempfile.TemporaryDirectory() as tmp:
         for i, case in enumerate(cases):

@@ -14,7 +14,7 @@ USER_INPUT_READERS = {"fewshot.data.image_folder", "fewshot.data.csv_text"}  # c
 CONCRETE = ("fewshot.methods.", "fewshot.models.", "fewshot.data.")
 NAMES = ("maml", "reptile", "protonet", "features", "finetune", "setfit", "dann", "prompt", "anil", "metaoptnet",
          "omniglot", "clinc150", "banking77", "hwu64", "mnist_usps", "conv4", "minilm", "smollm2", "digits_cnn",
-         "efficientnet_lite0")
+         "efficientnet_lite0", "vectors", "mlp")
 
 
 def _modules() -> list[Path]:

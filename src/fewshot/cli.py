@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,12 +18,20 @@ EPILOG = """examples:
   fewshot train runs/proto --resume
   fewshot eval runs/proto --episodes 600 --json
   fewshot compare runs/proto runs/maml                # paired difference on the same test episodes
+  fewshot report runs/proto --shots 1,5,10           # one HTML page: curves, accuracy vs shots, confusions
   fewshot classify runs/proto my_letters/ query1.png query2.png
   fewshot classify clinc150_5w1s_features_minilm intents.csv "book me a table for two"
 data: --data-root or $FEWSHOT_DATA points at the folder holding omniglot/, clinc150/, ..."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:  # the user's own components: --plugin FILE_OR_MODULE (anywhere, repeatable) and $FEWSHOT_PLUGINS
+        from fewshot.registry import plugins_from_command_line
+
+        argv = plugins_from_command_line(sys.argv[1:] if argv is None else list(argv))
+    except FewShotError as exc:
+        print(f"fewshot: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides given after an option (`train RUN --resume k=v`) land here
@@ -32,14 +42,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    terminate = _on_sigterm()
     try:
         return args.func(args)
     except FewShotError as exc:
         print(f"fewshot: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fewshot: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # SIGINT (Ctrl-C) or SIGTERM
+        signum = getattr(exc, "signum", signal.SIGINT)
+        kept = getattr(exc, "message", "") or "the last checkpoint is kept (continue with --resume)"
+        what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"fewshot: {what}; {kept}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _on_sigterm() -> object:
+    """Make SIGTERM end the command like Ctrl-C (a clean line, exit 143) instead of killing it; the handler it
+    replaces, to restore (``None`` outside the main thread)."""
+    import threading
+
+    from fewshot.errors import Interrupted
+
+    def stop(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,11 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a recipe (see `fewshot recipes`) or a YAML file. Overrides are dotted "
                                    "key=value pairs: train.meta_batch=16 method.inner_steps=5 (a key naming one "
                                    "field, like meta_batch=16, works too). The run folder gets config.yaml, "
-                                   "metrics.jsonl/.csv, checkpoints/, curves.png and report.md.")
+                                   "metrics.jsonl/.csv, checkpoints/, curves.png, report.md and "
+                                   "report.html (see `fewshot report`).")
     p.add_argument("recipe", help="recipe name, YAML path, or (with --resume) a run folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--out", type=Path, help="run folder (default runs/<recipe name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the given run folder)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (or the given run folder); only "
+                   "settings that leave the training computation as it was may differ (threads, device, how often to "
+                   "validate, save and log, the budget with a constant or step schedule)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even with other settings "
+                   "(recorded in the run folder; the run is no longer one uninterrupted run of one config)")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--no-test", action="store_true", help="skip the test-set evaluation after training")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -105,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("report", help="write a run folder's report: one self-contained HTML page",
+                       description="Write RUN/report.html (or --out): learning curves, test accuracy vs shots, "
+                                   "per-episode accuracy, the most confused classes, the config and the environment; "
+                                   "one file with its plots embedded. `fewshot train` writes it at the end of a run.")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("--out", type=Path, help="HTML file to write (default RUN/report.html); a file that is not a "
+                                            "fewshot report is never overwritten")
+    p.add_argument("--shots", help="comma-separated shot counts, e.g. 1,5,10: score the best checkpoint at those "
+                                   "not yet recorded (kept in RUN/checkpoints/eval/, so a second call reuses them)")
+    p.add_argument("--episodes", type=int, help="test episodes per shot count for --shots (default: the run's)")
+    p.add_argument("--data-root", help="data folder for --shots (default $FEWSHOT_DATA)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("classify", help="classify your own examples from a few labelled ones",
                        description="Adapt a trained run (folder or checkpoint) or a pretrained recipe to YOUR labelled "
                                    "support set, then classify the queries. Images: SUPPORT is a folder "
@@ -140,37 +190,77 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.config import RunConfig, apply_overrides, load_raw
+    from fewshot.engine.distributed import launched_main
     from fewshot.engine.experiment import build_experiment
-    from fewshot.engine.train import train
+    from fewshot.engine.run_folder import check_run_folder, check_run_name, lock_run_folder, read_run_config
+    from fewshot.engine.train import test_best, train
+    from fewshot.hashing import weights_sha256
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise FewShotError(f"--stop-after must be >= 1 (iterations to train before stopping), got {args.stop_after}")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise FewShotError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     source = Path(args.recipe)
     if source.is_dir():
+        raw = read_run_config(source)
         if not args.resume:
             raise FewShotError(f"{source} is a run folder; pass --resume to continue it")
         run_dir = args.out or source
-        raw = load_raw(source / "config.yaml")
     else:
         raw = load_raw(args.recipe)
-        run_dir = args.out or Path("runs") / str(raw.get("name", source.stem))
+        run_dir = args.out or Path("runs") / check_run_name(str(raw.get("name", source.stem)))
     config = RunConfig.from_dict(apply_overrides(raw, args.overrides))
-    experiment = build_experiment(config, args.data_root)
-    result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress,
-                   stop_after=args.stop_after, time_limit=None if args.time_limit is None else 60 * args.time_limit)
-    print(f"run folder: {run_dir}")
-    if result.best_val_iteration >= 0:
-        print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
-              f"{result.best_val_iteration}")
-    if not args.no_test and result.iterations == config.train.iterations:
-        from fewshot.engine import distributed
-        from fewshot.engine.checkpoint import load_checkpoint
-        from fewshot.engine.scoring import load_weights, score
+    main = launched_main()  # under torchrun rank 0 holds and checks the run folder
+    with lock_run_folder(run_dir) if main else nullcontext():
+        if main:
+            check_run_folder(run_dir, args.resume)  # before building anything
+        experiment = build_experiment(config, args.data_root)
+        result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force,
+                       stop_after=args.stop_after,
+                       time_limit=None if args.time_limit is None else 60 * args.time_limit)
+        if main:
+            print(f"run folder: {run_dir}")
+        if main and result.best_val_iteration >= 0:
+            print(f"best validation accuracy {100 * result.best_val_accuracy:.2f}% at iteration "
+                  f"{result.best_val_iteration}")
+        best_sha256 = None
+        if not args.no_test and result.iterations == config.train.iterations:
+            test = test_best(experiment, run_dir)
+            best_sha256 = weights_sha256(experiment.method.state_dict())  # test_best loaded the best weights
+            if main:
+                print(f"test accuracy ({config.name}): {test}")
+        _write_run_report(run_dir, best_sha256)
+    return 0
 
-        best = run_dir / "checkpoints" / "best.safetensors"
-        load_weights(experiment.method, load_checkpoint(best).weights, best)
-        test = score(experiment, best)
-        print(f"test accuracy ({config.name}): {test}")
-        if distributed.is_main():  # under torchrun every process scored its share; rank 0 writes
-            (run_dir / "test.json").write_text(json.dumps(test.to_dict(), indent=2) + "\n")
+
+def _write_run_report(run_dir: Path, best_sha256: str | None) -> None:
+    """The HTML report at the end of ``fewshot train`` (rank 0); a problem with it is a note, not a failed run."""
+    from fewshot.engine import distributed
+    from fewshot.engine.report import write_report
+
+    if not distributed.is_main():
+        return
+    try:
+        print(f"report: {write_report(run_dir, note=_note, best_sha256=best_sha256)}")
+    except (FewShotError, OSError) as exc:
+        _note(f"no HTML report written: {exc}")
+
+
+def _note(message: str) -> None:
+    print(f"fewshot: note: {message}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fewshot.engine.report import check_run_folder, score_shots, write_report
+
+    check_run_folder(args.run)
+    if args.shots:
+        try:
+            shots = [int(s) for s in args.shots.split(",") if s.strip()]
+        except ValueError:
+            raise FewShotError(f"--shots takes comma-separated counts like 1,5,10, got {args.shots!r}") from None
+        score_shots(args.run, shots, args.episodes, args.data_root, progress=True, note=_note)
+    print(write_report(args.run, args.out, note=_note))
     return 0
 
 

@@ -26,6 +26,8 @@ TINY.setdefault("baseline", ("omniglot_5w1s_baseline_conv4", [
 """A tiny Baseline (Chen et al.) run: Conv-4 features + a classifier per task, the method with an embedding cache."""
 
 RECORD = "run/checkpoints/eval/best_test_5w1s15q_seed0.json"
+PREDICTIONS = "run/checkpoints/eval/predictions/best_test_5w1s15q_seed0.json"
+"""The per-query predictions kept beside the record (rescored with it)."""
 EVAL = ["--json", "train.threads=1"]
 OTHER_DATA = Path(tempfile.gettempdir()) / f"fewshot_other_omniglot_{os.getpid()}"
 """Omniglot with every test character's images moved to the next character (same layout, other images), and the
@@ -308,13 +310,13 @@ OTHER_ENV = {"FEWSHOT_CACHE": str(OTHER_DATA / "cache")}  # the other images' te
 CASES = [
     # evaluation records
     Case("record with scores edited to 1.0 (eval)", "record", _eval_edited(_set_scores(1.0)), expect="ok",
-         check=_rescored, may_change=(RECORD,)),
+         check=_rescored, may_change=(RECORD, PREDICTIONS)),
     Case("record with scores edited to 5.0 (eval)", "record", _eval_edited(_set_scores(5.0)), expect="ok",
-         check=_rescored, may_change=(RECORD,)),
+         check=_rescored, may_change=(RECORD, PREDICTIONS)),
     Case("record cut short (eval)", "record", _eval_damaged('{"identity": {"fewshot": "0.1.0", "wei'), expect="ok",
-         check=_rescored, may_change=(RECORD,)),
+         check=_rescored, may_change=(RECORD, PREDICTIONS)),
     Case("record that is a JSON list (eval)", "record", _eval_damaged("[1, 2, 3]\n"), expect="ok", check=_rescored,
-         may_change=(RECORD,)),
+         may_change=(RECORD, PREDICTIONS)),
     Case("record with scores edited to 1.0 (compare)", "record", _compare_edited(_set_scores(1.0)),
          match=r"b/checkpoints/eval/best_test_5w1s15q_seed0\.json is not a valid evaluation record: its checksum "
                r"does not match"),
@@ -326,9 +328,9 @@ CASES = [
          _compare_edited(lambda saved: saved.update(scores=saved["scores"][:2])),
          match=r"not a valid evaluation record: it counts 4 episodes but holds 2 scores"),
     Case("eval on other images (--data-root)", "record", _eval_other_data(), expect="ok",
-         check=_scored_other_data(4), may_change=(RECORD,), env=OTHER_ENV, timeout=240),
+         check=_scored_other_data(4), may_change=(RECORD, PREDICTIONS), env=OTHER_ENV, timeout=240),
     Case("longer eval on other images (--data-root)", "record", _eval_other_data("--episodes", "6"), expect="ok",
-         check=_scored_other_data(6), may_change=(RECORD,), env=OTHER_ENV, timeout=240),
+         check=_scored_other_data(6), may_change=(RECORD, PREDICTIONS), env=OTHER_ENV, timeout=240),
     Case("eval under another classifier keeps the run's record", "record", _eval_ncm, expect="ok",
          check=_kept_both_records, timeout=240),
     Case("compare of one run under two classifiers", "record", _compare_settings, expect="ok",

@@ -291,3 +291,17 @@ def test_checkpoint_with_a_wrong_body_is_refused_in_one_line(tmp_path, capsys):
     assert main(["eval", str(bad), "--episodes", "1", "eval.way=20"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit the model its config describes" in err
+
+
+def test_maml_plus_plus_builds_heads_too(omniglot_train, one_thread):
+    """MAML++'s loop (per-step rates and batch norm, multi-step loss) starts tasks of another way from a built head."""
+    ep = TaskSampler(omniglot_train, way=3, shot=1, query=2, seed=0).sample(2)
+    ep.iteration = 0
+    for init in ("prototypes", "zeros"):
+        torch.manual_seed(0)
+        maml = MAML(Conv4(5, hidden=8), MAMLConfig(inner_steps=2, test_inner_steps=3, per_step_lr=True,
+                                                   per_step_bn_weights=True, multi_step_loss=True, head_init=init))
+        metrics = maml.training_gradient(ep)
+        assert metrics["loss"] > 0 and maml.model.meta_parameters()[0].grad is not None
+        logits = maml.adapt(ep.support_x[0], ep.support_y[0], 3)(ep.query_x[0])
+        assert logits.shape == (6, 3) and torch.isfinite(logits).all()

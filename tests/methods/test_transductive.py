@@ -246,8 +246,17 @@ def test_shipped_checkpoints_read_as_transductive(path):
 
 
 def test_reproduction_recipes_say_transductive():
-    gradient_based = [n for n in recipe_names()
-                      if yaml.safe_load(recipe_path(n).read_text())["method"]["name"] in METHODS]
-    assert len(gradient_based) == 14  # MAML, first-order MAML, Reptile in 4 cells; ANIL in 2
+    gradient_based = [n for n in recipe_names() if n.startswith("omniglot_") and not n.endswith("_mamlpp")
+                      and yaml.safe_load(recipe_path(n).read_text())["method"]["name"] in METHODS]
+    assert len(gradient_based) == 15  # MAML, first-order MAML, Reptile in 4 cells; ANIL in 2; Meta-SGD in 1
     for name in gradient_based:
         assert yaml.safe_load(recipe_path(name).read_text())["method"]["options"]["transductive"] is True, name
+
+
+def test_mamlpp_recipes_score_with_per_step_statistics():
+    """MAML++ evaluates with its per-step running statistics: no answer depends on the other queries either way."""
+    mamlpp = [n for n in recipe_names() if n.endswith("_mamlpp")]
+    assert len(mamlpp) == 4
+    for name in mamlpp:
+        options = yaml.safe_load(recipe_path(name).read_text())["method"]["options"]
+        assert options["per_step_bn_stats"] is True and options["transductive"] is False, name

@@ -26,6 +26,9 @@ class Episode:
     ``seeds[t]`` (when given; :class:`TaskSampler` always gives them) seeds whatever a method draws at random while
     training on task ``t``, so those draws depend on the task alone, not on the other tasks of the batch or on which
     process of a distributed run trains it.
+    ``iteration`` (given by :class:`TaskSampler`) is the batch number it was drawn as: for a training batch, the
+    training iteration, which is how a method with a schedule over training (MAML++'s multi-step loss annealing and
+    derivative-order annealing) knows how far training has gone, as DANN reads ``DomainBatch.progress``.
     """
 
     support_x: Any
@@ -34,6 +37,7 @@ class Episode:
     query_y: torch.Tensor
     classes: torch.Tensor
     seeds: torch.Tensor | None = None
+    iteration: int | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -48,7 +52,7 @@ class Episode:
         pick = (lambda x: x[t : t + 1]) if isinstance(self.support_x, torch.Tensor) else (lambda x: [x[t]])
         return Episode(
             pick(self.support_x), self.support_y[t : t + 1], pick(self.query_x), self.query_y[t : t + 1],
-            self.classes[t : t + 1], None if self.seeds is None else self.seeds[t : t + 1],
+            self.classes[t : t + 1], None if self.seeds is None else self.seeds[t : t + 1], self.iteration,
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
@@ -58,7 +62,7 @@ class Episode:
             return x.to(device=device, dtype=dtype) if dtype is not None and x.is_floating_point() else x.to(device)
 
         return Episode(move(self.support_x), self.support_y.to(device), move(self.query_x),
-                       self.query_y.to(device), self.classes, self.seeds)
+                       self.query_y.to(device), self.classes, self.seeds, self.iteration)
 
 
 class TaskSampler:
@@ -129,7 +133,7 @@ class TaskSampler:
             support_x = [[x for cls in task for x in cls[:k]] for task in per_task]
             query_x = [[x for cls in task for x in cls[k:]] for task in per_task]
         seeds = torch.randint(2**62, (num_tasks,), generator=g)[pick]  # drawn last: the tasks stay what they were
-        return Episode(support_x, support_y, query_x, query_y, classes, seeds)
+        return Episode(support_x, support_y, query_x, query_y, classes, seeds, iteration)
 
 
 def fixed_episodes(

@@ -147,6 +147,11 @@ def rank() -> int:
     return 0 if _GROUP is None else _GROUP.rank
 
 
+def launched_main() -> bool:
+    """Whether this process is rank 0 of its launch (``RANK`` as torchrun sets it), readable before :func:`init`."""
+    return _env_int("RANK", 0) == 0
+
+
 def is_main() -> bool:
     """Whether this process writes the run's files (rank 0, or the only process)."""
     return rank() == 0

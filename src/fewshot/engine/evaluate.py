@@ -17,6 +17,7 @@ import torch
 from fewshot.data.base import ClassDataset
 from fewshot.data.tasks import TaskSampler, episode_range
 from fewshot.engine import distributed
+from fewshot.engine.predictions import episode_predictions, read_predictions, write_predictions
 from fewshot.engine.records import EvalRecord
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method
@@ -92,7 +93,8 @@ def evaluate(
     episodes already scored, so a killed evaluation loses at most one chunk (about ``save_every`` seconds of work).
     Chunking never changes the tasks or their scores: task ``i`` is the same for a given seed. Under ``torchrun``
     each chunk's tasks are split over the processes and their scores gathered in order
-    (:class:`fewshot.engine.distributed.EpisodeShards`): the same per-episode scores as one process.
+    (:class:`fewshot.engine.distributed.EpisodeShards`): the same per-episode scores as one process. Beside the
+    record, each query's prediction is kept with the data set's classes (:mod:`fewshot.engine.predictions`).
     """
     if chunk < 1 or save_every <= 0:
         raise FewShotError(f"chunk must be >= 1 and save_every > 0, got {chunk}, {save_every}")
@@ -104,6 +106,10 @@ def evaluate(
     main = distributed.is_main()
     scores = distributed.from_main(lambda: (record.scores() if record is not None else [])[:episodes])
     done = len(scores)
+    kept: list[dict] | None = None  # the per-query predictions of episodes 0 .. done - 1, while complete (rank 0)
+    if record is not None and main:
+        found = read_predictions(record.path, record.identity, scores) if done else ([], {})
+        kept = found[0] if found is not None else None
     if done and main:
         print(f"continuing the evaluation after {done} recorded episodes ({record.path})", file=sys.stderr)
     sampler = TaskSampler(dataset, way, shot, query, seed=seed)
@@ -119,8 +125,10 @@ def evaluate(
         episode = episode_range(sampler, first, size)
         start = time.perf_counter()
         logits = method.predict(episode.to(device))
-        correct = (logits.argmax(-1).cpu() == episode.query_y).float().mean(-1).tolist()
-        return correct, time.perf_counter() - start
+        predicted = logits.argmax(-1).cpu()
+        correct = (predicted == episode.query_y).float().mean(-1).tolist()
+        seconds = time.perf_counter() - start
+        return list(zip(correct, episode_predictions(episode.classes, episode.query_y, predicted))), seconds
 
     try:
         with evaluating(method):
@@ -128,9 +136,12 @@ def evaluate(
             while len(scores) < episodes:
                 count = min(size * shards.processes, episodes - len(scores))
                 new, seconds = shards.score(score_range, len(scores), count)
-                scores += new
+                scores += [s for s, _ in new]
                 per_task = seconds / math.ceil(count / shards.processes)
                 if record is not None and main:
+                    if kept is not None:  # first, so that a record never has more episodes than its predictions
+                        kept += [p for _, p in new]
+                        write_predictions(record.path, record.identity, kept, dataset.class_names)
                     record.write(scores)
                 if bar is not None:
                     bar.update(count)

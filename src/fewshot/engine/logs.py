@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+from fewshot.engine.run_folder import writing
 from fewshot.io import atomic_write
 
 FIELDS = ["iteration", "phase", "loss", "accuracy", "ci95", "lr", "seconds"]
 
 
 class RunLogger:
-    """Appends one row per logged step to ``metrics.jsonl`` and ``metrics.csv`` (resume-safe)."""
+    """Appends one row per logged step to ``metrics.jsonl`` and ``metrics.csv`` (resume-safe).
 
-    def __init__(self, run_dir: Path, resume_from: int = 0) -> None:
+    On resume the rows up to the checkpoint's iteration are kept (see :func:`read_metrics`; with ``redo_validation``,
+    not its validation row) and both files are rewritten atomically; a file that cannot be written is a
+    :class:`~fewshot.engine.run_folder.WriteError`.
+    """
+
+    def __init__(self, run_dir: Path, resume_from: int = 0, redo_validation: bool = False) -> None:
         self.run_dir = run_dir
         self.jsonl = run_dir / "metrics.jsonl"
         self.csv = run_dir / "metrics.csv"
-        rows = [r for r in read_metrics(run_dir) if r["iteration"] <= resume_from] if resume_from else []
+        rows = [r for r in read_metrics(run_dir, warn=True) if r["iteration"] <= resume_from] if resume_from else []
+        if redo_validation:  # the validation of iteration `resume_from` runs again: no row of an earlier try stays
+            rows = [r for r in rows if not (r["iteration"] == resume_from and r["phase"] == "val")]
         self._rewrite(rows)
         self.tb = None
         try:
@@ -31,18 +41,19 @@ class RunLogger:
             self.tb = None
 
     def _rewrite(self, rows: list[dict[str, Any]]) -> None:
-        with open(self.jsonl, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        with open(self.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        with writing(self.jsonl):
+            atomic_write(self.jsonl, "".join(json.dumps(row) + "\n" for row in rows))
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        with writing(self.csv):
+            atomic_write(self.csv, table.getvalue())
 
     def log(self, row: dict[str, Any]) -> None:
-        with open(self.jsonl, "a") as f:
+        with writing(self.jsonl), open(self.jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        with open(self.csv, "a", newline="") as f:
+        with writing(self.csv), open(self.csv, "a", newline="") as f:
             csv.DictWriter(f, FIELDS, extrasaction="ignore").writerow(row)
         if self.tb is not None:
             for key in ("loss", "accuracy", "lr"):
@@ -54,11 +65,33 @@ class RunLogger:
             self.tb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, warn: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``<run_dir>/metrics.jsonl``.
+
+    A line that is not a metrics row (a JSON object with an integer ``iteration`` and a ``phase``) is skipped: a torn
+    last line, which a process killed (or out of disk space) while appending leaves, and a damaged line anywhere else.
+    The log is a record; the checkpoint is what a resume continues from, so a damaged log never blocks ``--resume``.
+    With ``warn``, each skipped line is named on stderr (a resume rewrites the file without them).
+    """
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and type(row.get("iteration")) is int and isinstance(row.get("phase"), str):
+            rows.append(row)
+        elif warn:
+            what = "its torn last line" if number == len(lines) else f"line {number}, which is not a metrics row"
+            print(f"fewshot: warning: {path}: skipped {what}", file=sys.stderr)
+    return rows
 
 
 def plot_curves(run_dir: Path) -> Path | None:
@@ -90,8 +123,11 @@ def plot_curves(run_dir: Path) -> Path | None:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     out = run_dir / "curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        with writing(out):
+            atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -102,9 +138,17 @@ def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Pa
                 "best_val_iteration", "test", "status", "command"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
+    for forced in summary.get("forced_resumes", []):
+        lines.append(f"- **resumed with --force** at iteration {forced['iteration']}: {describe_changes(forced)}")
     if (run_dir / "curves.png").exists():
         lines += ["", "![curves](curves.png)"]
     lines += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
     out = run_dir / "report.md"
-    atomic_write(out, "\n".join(lines))
+    with writing(out):
+        atomic_write(out, "\n".join(lines))
     return out
+
+
+def describe_changes(forced: dict[str, Any]) -> str:
+    """``train.lr 0.001 -> 0.002, ...`` for one forced resume's ``changed`` mapping (key -> [before, after])."""
+    return ", ".join(f"{key} {before} -> {after}" for key, (before, after) in forced["changed"].items())

@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class EvalRecord:
     path: Path
     identity: dict[str, Any]
     reuse: bool = True
+    unwritable: bool = field(default=False, compare=False, repr=False)
+    """Set when a write failed: later chunks are not tried again."""
 
     def with_data(self, dataset: Any) -> EvalRecord:
         """This record with the content fingerprint of ``dataset`` (the split being scored) in its identity."""
@@ -66,7 +68,7 @@ class EvalRecord:
     def scores(self) -> list[float]:
         """The recorded scores if the file is a valid record of this identity, else none (a fresh start); why a
         record that is there is not reused goes to stderr."""
-        if not self.reuse or not self.path.is_file():
+        if not self.reuse or self.unwritable or not self.path.is_file():
             return []
         try:
             identity, scores = read_record(self.path)
@@ -82,10 +84,24 @@ class EvalRecord:
         return scores
 
     def write(self, scores: list[float]) -> None:
-        atomic_write(self.path, json.dumps(record_content(self.identity, scores)) + "\n")
+        """Keep ``scores``; a record that cannot be written (read-only run folder, full disk) is a warning, once: the
+        evaluation goes on, it only cannot be continued after a kill."""
+        if self.unwritable:
+            return
+        try:
+            atomic_write(self.path, json.dumps(record_content(self.identity, scores)) + "\n")
+        except OSError as exc:
+            self.unwritable = True
+            print(f"fewshot: warning: cannot keep the evaluation record {self.path}: {exc.strerror or exc}; "
+                  f"scoring goes on without it", file=sys.stderr)
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:  # then its scores are not used either
+            self.unwritable = True
+            print(f"fewshot: warning: cannot remove the evaluation record {self.path}: {exc.strerror or exc}; "
+                  f"scoring every episode without it", file=sys.stderr)
 
 
 def record_checksum(identity: dict[str, Any], scores: list[float]) -> str:

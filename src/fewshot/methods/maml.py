@@ -24,6 +24,33 @@ Queries at test time (``adapt``'s predictor and ``predict``; training is the sam
   evaluates (and as the reproduction recipes say). Configs written before the option existed (the shipped ``zoo/``
   checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
 
+MAML++ (Antoniou, Edwards & Storkey 2019, "How to train your MAML"), each an option of :class:`MAMLConfig`, alone or
+together (the ``omniglot_*_mamlpp`` recipes switch them all on); with any of them on, MAML runs the per-task
+reference loop (:meth:`MAML.meta_gradient_plus_plus`, not the task-batched fast path):
+
+* ``multi_step_loss`` (MSL): the meta-loss is a weighted sum of the query losses after every inner step. The weights
+  start at ``1/S`` each and anneal linearly over the first ``msl_iterations`` iterations towards the last step (the
+  others to ``0.03/S``), as the paper's code does over its first 10 epochs (:func:`msl_weights`); after that, the
+  last step's loss alone.
+* ``per_step_lr`` (LSLR): one learned inner learning rate per parameter tensor and inner step, initialised to
+  ``inner_lr`` (``MAML.step_lrs``, one ``[inner_steps]`` tensor per tensor of ``model.meta_parameters()``; they are
+  the method's meta-parameters and in its checkpoints, while the model's list keeps its head last). Evaluation steps
+  past ``inner_steps`` use the last step's rates.
+* ``per_step_bn_weights`` (BNWB) and ``per_step_bn_stats`` (BNRS): the model keeps a copy of its batch-norm scale and
+  shift, and/or of running mean and variance, for each inner step and one more for the query pass after the last
+  step (``inner_steps + 1`` copies, :class:`fewshot.models.base.PerStepNorm`; Conv-4 offers it). The pass over
+  weights that have had ``k`` inner updates uses copy ``k`` (evaluation steps past ``inner_steps`` use the last). The
+  per-step scales and shifts are meta-learned; the inner loop's update of copy ``k`` comes after copy ``k``'s last
+  use, so in effect they are not adapted per task (as in the paper's code). Running statistics are updated by the
+  training passes of their step and used by every pass in eval mode (support and query), so that at test time no
+  answer depends on the other queries, transductive or not.
+* ``first_order_iterations`` (DA, derivative-order annealing): first-order meta-gradients for the iterations before
+  it, second-order from then on.
+* cosine annealing of the outer learning rate is the engine's ``train.schedule: cosine`` with ``train.lr_final``.
+
+MSL and DA read the training iteration from the episode (:attr:`fewshot.data.tasks.Episode.iteration`, set by the
+sampler), so a resumed run anneals exactly as an uninterrupted one.
+
 The output layer a task starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way,
 ``eval.way`` or ``fewshot classify``'s classes; the model keeps the trained way's head, ``Method.builds_head``):
 
@@ -38,11 +65,13 @@ The output layer a task starts from, per ``head_init`` (so a model trained 5-way
 With Meta-SGD, the head's learned rates serve the rows of a built head when the way is the trained one; for another
 way each row takes the mean of the trained rows (the rows are interchangeable: classes get labels at random in
 every training task).
+The MAML++ loop builds the head the same way (prototypes from the pass with step 0 under per-step batch norm;
+LSLR's rates are per tensor, so they serve a head of any way).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +114,25 @@ class MAMLConfig:
     head_init: str = "trained"
     """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of another way,
     ``prototypes``), ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
+    # MAML++ (module docstring): all off by default
+    multi_step_loss: bool = False
+    """MSL: meta-loss over the query losses after every inner step, annealed towards the last (``msl_iterations``)."""
+    msl_iterations: int = 5000
+    """Iterations over which MSL's weights anneal to the last step (the paper: 10 epochs of 500 iterations)."""
+    per_step_lr: bool = False
+    """LSLR: learn one inner learning rate per parameter tensor per inner step, initialised to ``inner_lr``."""
+    per_step_bn_weights: bool = False
+    """BNWB: batch-norm scale and shift per inner step (the model must offer ``models.base.PerStepNorm``)."""
+    per_step_bn_stats: bool = False
+    """BNRS: batch-norm running statistics per inner step, used in eval mode (``models.base.PerStepNorm``)."""
+    first_order_iterations: int = 0
+    """DA: first-order meta-gradients for this many iterations, then second order (0: from the start)."""
+
+    @property
+    def plus_plus(self) -> bool:
+        """Whether any MAML++ option is on (training then runs the per-task MAML++ loop)."""
+        return (self.multi_step_loss or self.per_step_lr or self.per_step_bn_weights or self.per_step_bn_stats
+                or self.first_order_iterations > 0)
 
     def __post_init__(self) -> None:
         check_head_init(self.head_init)
@@ -95,6 +143,23 @@ class MAMLConfig:
             raise FewShotError(f"inner_lr must be > 0, got {self.inner_lr}")
         if self.task_chunk < 0:
             raise FewShotError(f"task_chunk must be >= 0, got {self.task_chunk}")
+        check_plus_plus(self)
+
+
+def check_plus_plus(config: MAMLConfig) -> None:
+    """Validate :class:`MAMLConfig`'s MAML++ options."""
+    if config.msl_iterations < 0 or config.first_order_iterations < 0:
+        raise FewShotError(f"method.msl_iterations and method.first_order_iterations must be >= 0, got "
+                           f"{config.msl_iterations}, {config.first_order_iterations}")
+    if config.multi_step_loss and config.msl_iterations < 1:
+        raise FewShotError("method.multi_step_loss anneals over method.msl_iterations, which must then be >= 1 "
+                           "(to train on the last step's loss alone, set multi_step_loss: false)")
+    if config.first_order and config.first_order_iterations > 0:
+        raise FewShotError("method.first_order_iterations switches to second order after that many iterations, but "
+                           "method.first_order is true (first order throughout): set one of them")
+    if config.per_step_lr and config.learn_inner_lr:
+        raise FewShotError("method.per_step_lr (a learned rate per tensor and step) and method.learn_inner_lr "
+                           "(Meta-SGD, a learned rate per element) are two different inner rates: choose one")
 
 
 def inner_loop(
@@ -152,6 +217,7 @@ class MAML(Method):
         self.model = model
         self.config = config or MAMLConfig()
         self.transductive = self.config.transductive
+        self.step_lrs = self._plus_plus_setup()
         self.inner_lrs: nn.ParameterList | None = None
         if self.config.learn_inner_lr:
             self.inner_lrs = nn.ParameterList(
@@ -183,7 +249,7 @@ class MAML(Method):
             if batched:
                 feats = self.model.features_tasks(x, [p.expand(x.shape[0], *p.shape) for p in body])
             else:
-                feats = self.model.features(x, body)
+                feats = self.model.features(x, body, **self._step(0))
             head, per_task = prototype_head_params(feats, y, way), batched
             if torch.is_grad_enabled():
                 # the inner loop differentiates the fast weights as separate inputs (the body with the head held
@@ -194,12 +260,14 @@ class MAML(Method):
 
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
-        if self.config.reference or not batches_tasks(self.model):
+        if self.config.reference or self.config.plus_plus or not batches_tasks(self.model):
             return False
         return episode is None or isinstance(episode.support_x, torch.Tensor)
 
     def training_gradient(self, episode: Episode) -> dict[str, float]:
         """The meta-gradient of a batch of tasks (second- or first-order), accumulated into ``.grad``."""
+        if self.config.plus_plus:
+            return self.meta_gradient_plus_plus(episode)
         if self.fast_path(episode):
             return self._meta_gradient_tasks(episode)
         return self.meta_gradient_reference(episode)
@@ -242,6 +310,8 @@ class MAML(Method):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
         """``test_inner_steps`` of SGD on the support set from the trained weights, the head per ``head_init``."""
+        if self.config.plus_plus:
+            return self._adapt_plus_plus(support_x, support_y, way)
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
         with torch.no_grad():
@@ -280,3 +350,134 @@ class MAML(Method):
                     out.append(each_query_with_support(self.model, [p[i] for p in fast], episode.support_x[t],
                                                        episode.query_x[t]).unsqueeze(0))
         return torch.cat(out)
+
+    # --- MAML++ (module docstring) ----------------------------------------------------------------------------------
+
+    def _plus_plus_setup(self) -> nn.ParameterList | None:
+        """Switch on the model's per-step batch norm (BNWB / BNRS); return LSLR's rates (``None`` without LSLR)."""
+        from fewshot.models.base import require_per_step_norm  # here: keeps the module's imports as MAML's
+
+        config = self.config
+        if config.per_step_bn_weights or config.per_step_bn_stats:
+            require_per_step_norm(self.model, "MAML++'s per-step batch norm (per_step_bn_weights, per_step_bn_stats)")
+            self.model.per_step_norm(config.inner_steps + 1, config.per_step_bn_weights, config.per_step_bn_stats)
+        if not config.per_step_lr:
+            return None
+        return nn.ParameterList([
+            nn.Parameter(torch.full((config.inner_steps,), config.inner_lr, dtype=p.dtype, device=p.device))
+            for p in self.model.meta_parameters()
+        ])
+
+    @property
+    def _per_step_norm(self) -> bool:
+        return self.config.per_step_bn_weights or self.config.per_step_bn_stats
+
+    def _plus_plus_loop(self, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
+                        create_graph: bool, detach_lrs: bool = False,
+                        way: int | None = None) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """MAML++'s inner loop; yields ``(k, fast weights after k updates)`` for ``k = 1 .. steps``. ``way``: the
+        task's, when it starts from a built head (Meta-SGD's head rates extended to it)."""
+        return inner_loop_per_step(self.model, params, x, y, steps, self._plus_plus_lrs(detach_lrs, way),
+                                   create_graph, self._per_step_norm)
+
+    def _plus_plus_lrs(self, detach: bool, way: int | None = None) -> Callable[[int], Sequence[torch.Tensor | float]]:
+        """Step -> the inner rates of each tensor at that step (LSLR's, Meta-SGD's or ``inner_lr``)."""
+        if self.step_lrs is None:
+            lrs = [lr.detach() if detach and isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
+            if way is not None:
+                lrs = lrs[:-2] + [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
+            return lambda step: lrs
+        rates = [lr.detach() if detach else lr for lr in self.step_lrs]
+        last = self.config.inner_steps - 1
+        return lambda step: [lr[min(step, last)] for lr in rates]
+
+    def _step(self, k: int) -> dict[str, int]:
+        """The keyword that passes step ``k`` to a model with per-step batch norm (nothing otherwise)."""
+        return {"step": k} if self._per_step_norm else {}
+
+    def meta_gradient_plus_plus(self, episode: Episode) -> dict[str, float]:
+        """MAML++'s meta-gradient (MSL, LSLR, BNWB/BNRS, DA as configured), one task at a time, into ``.grad``."""
+        config = self.config
+        iteration = episode.iteration
+        if iteration is None and (config.multi_step_loss or config.first_order_iterations > 0):
+            raise FewShotError("MAML++'s multi-step loss and derivative-order annealing follow the training "
+                               "iteration, but this episode does not say which it is (Episode.iteration)")
+        first_order = config.first_order or (iteration is not None and iteration < config.first_order_iterations)
+        weights = msl_weights(config.inner_steps, iteration, config.msl_iterations) if config.multi_step_loss \
+            else None
+        params = self.model.meta_parameters()
+        tasks = episode.num_tasks
+        total_loss, total_acc = 0.0, 0.0
+        for t in range(tasks):
+            query_x, query_y = episode.query_x[t], episode.query_y[t]
+            losses = []
+            start, _, _ = self.task_start(params, self._lrs(), episode.support_x[t], episode.support_y[t],
+                                          episode.way)
+            for k, fast in self._plus_plus_loop(start, episode.support_x[t], episode.support_y[t],
+                                                config.inner_steps, create_graph=not first_order, way=episode.way):
+                if weights is not None or k == config.inner_steps:
+                    logits = self.model(query_x, fast, **self._step(k))
+                    losses.append(F.cross_entropy(logits, query_y))
+            loss = losses[-1] if weights is None else sum(w * q for w, q in zip(weights, losses, strict=True))
+            (loss / tasks).backward()
+            total_loss += loss.item()
+            total_acc += accuracy(logits, query_y)
+        return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
+
+    def _adapt_plus_plus(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> Predictor:
+        steps = self.config.test_inner_steps
+        params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
+        with torch.no_grad():
+            params, _, _ = self.task_start(params, self._lrs(), support_x, support_y, way)
+        params = trainable(params)
+        fast = params
+        with torch.enable_grad():
+            for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, detach_lrs=True,
+                                                   way=way):
+                fast = adapted
+        fast = [p.detach() for p in fast]
+        step = self._step(steps)
+        # per-step running statistics in eval mode: no pass depends on its batch, so the queries may go together
+        alone = self.config.per_step_bn_stats and not self.model.training
+        if self.transductive or alone:
+            return lambda query_x: self.model(query_x, fast, **step)
+        batched = batches_tasks(self.model)
+        return lambda query_x: each_query_with_support(self.model, fast, support_x, query_x, batched=batched,
+                                                       **step)
+
+
+def msl_weights(steps: int, iteration: int | None, anneal_iterations: int) -> list[float] | None:
+    """MAML++'s per-step loss importance at ``iteration``: the weight of the query loss after each of the ``steps``
+    inner steps, or ``None`` once annealing is over (``iteration >= anneal_iterations``: the last step's loss alone).
+
+    As the paper's code (``get_per_step_loss_importance_vector``) with its epoch counter replaced by the fraction
+    ``f = iteration / anneal_iterations`` of the annealing done (the code steps it once per 500-iteration epoch, this
+    moves every iteration): every step starts at ``1/S``; the first ``S - 1`` decay to ``max((1 - f) / S, 0.03 / S)``
+    and the last grows to ``min((1 + (S - 1) f) / S, 1 - 0.03 (S - 1) / S)``. The weights sum to 1.
+    """
+    if iteration is None or iteration >= anneal_iterations:
+        return None
+    f = iteration / anneal_iterations
+    low = 0.03 / steps
+    last = min((1 + (steps - 1) * f) / steps, 1 - (steps - 1) * low)
+    return [max((1 - f) / steps, low)] * (steps - 1) + [last]
+
+
+def inner_loop_per_step(
+    model: nn.Module,
+    params: Sequence[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    lrs: Callable[[int], Sequence[torch.Tensor | float]],
+    create_graph: bool,
+    per_step_norm: bool,
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """:func:`inner_loop` with a learning rate per tensor and step (``lrs(k)`` for step ``k``), passing the step to
+    the model when it keeps per-step batch norm; yields ``(k, fast weights after k updates)`` for ``k = 1..steps``."""
+    fast = list(params)
+    for k in range(steps):
+        logits = model(x, fast, step=k) if per_step_norm else model(x, fast)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), fast, create_graph=create_graph)
+        fast = [p - lr * g for p, lr, g in zip(fast, lrs(k), grads, strict=True)]
+        yield k + 1, fast

@@ -15,6 +15,8 @@ contract                  who relies on it                            what it is
                                                                       ``[tasks, batch, ...]``, each task its own
                                                                       weights and batch statistics
 :class:`Blocks`           fine-tuning of the top k blocks             ``blocks``; optionally ``forward_blocks``
+:class:`PerStepNorm`      MAML++'s per-step batch norm (MAML)         ``per_step_norm(copies, weights,
+                                                                      statistics)``; then ``step`` in the forwards
 ========================  ==========================================  ===========================================
 
 A registered model is built by ``build(options, out_features)`` (see :mod:`fewshot.registry`): ``out_features`` is
@@ -57,6 +59,11 @@ class Functional(Protocol):
     head's entries are then ignored). ``params=None`` means the module's own weights. Batch statistics, where the
     model has batch norm, are those of the batch passed in (unless the model keeps running statistics and is in eval
     mode), so with per-batch statistics an input's output depends on the rest of its batch.
+
+    A model that also offers :class:`PerStepNorm` takes a third argument, ``forward(x, params, step=None)`` and
+    ``features(x, params, step=None)``: ``step`` is how many inner-loop updates ``params`` have had, and picks the
+    batch-norm copy of that step. ``step=None`` is today's behaviour; callers pass ``step`` only to a model whose
+    per-step copies they switched on, so a model without them need not take it.
     """
 
     head: nn.Linear | None
@@ -66,6 +73,22 @@ class Functional(Protocol):
     def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor: ...
 
     def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PerStepNorm(Protocol):
+    """A :class:`Functional` model that can keep its batch norm per inner-loop step (MAML++, Antoniou et al. 2019).
+
+    ``per_step_norm(copies, weights, statistics)`` switches it on once, before training: ``copies`` copies, one per
+    step ``0 .. copies - 1`` (a step past the last uses the last), of the batch-norm scale and shift (``weights``:
+    ``meta_parameters()`` then lists each as a ``[copies, channels]`` tensor in its usual place, the head still
+    last) and/or of running mean and variance (``statistics``: updated in training mode by the passes of their
+    step, and used instead of batch statistics in eval mode, so that in eval mode an input's output no longer
+    depends on its batch). From then on ``forward``, ``features`` and, where offered, ``features_tasks`` /
+    ``forward_tasks`` take ``step`` (``None``: the last copy). ``batches_tasks`` is False with per-step statistics.
+    """
+
+    def per_step_norm(self, copies: int, weights: bool, statistics: bool) -> None: ...
 
 
 @runtime_checkable
@@ -112,6 +135,13 @@ def require_functional(model: nn.Module, method: str) -> None:
                            f"{type(model).__name__} lacks them")
 
 
+def require_per_step_norm(model: nn.Module, what: str) -> None:
+    """Raise a clear error unless ``model`` can keep its batch norm per inner step (:class:`PerStepNorm`)."""
+    if not isinstance(model, PerStepNorm):
+        raise FewShotError(f"{what} needs a model that keeps its batch norm per inner step "
+                           f"(models.base.PerStepNorm, as Conv-4); {type(model).__name__} cannot")
+
+
 def batches_tasks(model: nn.Module) -> bool:
     """Whether ``model`` offers the task-batched fast path and it applies to this instance."""
     return isinstance(model, TaskBatched) and bool(model.batches_tasks)
@@ -123,7 +153,7 @@ QUERY_BATCH_EXAMPLES = 1024
 
 def each_query_with_support(
     model: nn.Module, params: Sequence[torch.Tensor], support_x: torch.Tensor, query_x: torch.Tensor,
-    features: bool = False, batched: bool = True,
+    features: bool = False, batched: bool = True, step: int | None = None,
 ) -> torch.Tensor:
     """``model``'s output for each query, computed in a batch of its own: the support set followed by that query
     alone. Batch statistics, where the model has batch norm, come from the support set and the query itself, never
@@ -132,12 +162,15 @@ def each_query_with_support(
 
     ``batched`` (and a model offering :class:`TaskBatched`): each query is a task of its own sharing ``params``,
     ``x [Q, S + 1, ...]``, in passes of at most :data:`QUERY_BATCH_EXAMPLES` examples; otherwise one pass per query.
+    ``step`` (a :class:`PerStepNorm` model's inner step) is passed on to the model when given.
     """
     queries, size = query_x.shape[0], support_x.shape[0] + 1
+    step_kw = {} if step is None else {"step": step}
     if queries == 0:  # the right shape, nothing in it
-        return (model.features if features else model)(support_x, params)[:0]
+        return (model.features if features else model)(support_x, params, **step_kw)[:0]
     if batched and batches_tasks(model):
-        run = model.features_tasks if features else model.forward_tasks
+        tasks_run = model.features_tasks if features else model.forward_tasks
+        run = (lambda x, p: tasks_run(x, p, **step_kw)) if step_kw else tasks_run
         chunk = max(1, QUERY_BATCH_EXAMPLES // size)
         out = []
         for start in range(0, queries, chunk):
@@ -147,7 +180,8 @@ def each_query_with_support(
             out.append(run(x, [p.expand(n, *p.shape) for p in params])[:, -1])
         return torch.cat(out)
     run_one = model.features if features else model
-    return torch.stack([run_one(torch.cat([support_x, query_x[i : i + 1]]), params)[-1] for i in range(queries)])
+    return torch.stack([run_one(torch.cat([support_x, query_x[i : i + 1]]), params, **step_kw)[-1]
+                        for i in range(queries)])
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -15,6 +15,11 @@ keeps running averages and uses them in ``eval()`` mode (as ProtoNet does).
 ``forward_tasks(x, params)`` runs many tasks at once, each with its own weights (MAML's fast path): the tasks are
 folded into the channels and every convolution is grouped by task, so batch norm's per-channel batch statistics are
 exactly the per-task statistics of running ``forward`` task by task.
+
+``per_step_norm(copies, weights, statistics)`` (MAML++'s BNWB and BNRS, :class:`fewshot.models.base.PerStepNorm`)
+turns each batch norm's scale and shift into ``[copies, 64]`` tensors (in place of the ``[64]`` ones, same names in
+the state dict) and/or gives it ``[copies, 64]`` running mean and variance; the forwards then take ``step``, the
+number of inner updates the weights have had, and use copy ``min(step, copies - 1)`` (``None``: the last).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class Conv4(nn.Module):
             raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
         self.variant, self.pool, self.running_stats = variant, pool, running_stats
         self.in_channels = in_channels
+        self.step_copies = 0
+        """Batch-norm copies per inner step (0: none; see :meth:`per_step_norm`)."""
+        self.step_weights = self.step_statistics = False
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         channels, side = in_channels, image_size
@@ -72,7 +80,29 @@ class Conv4(nn.Module):
     @property
     def batches_tasks(self) -> bool:
         """The task-batched passes apply with per-task batch statistics only (not with running statistics)."""
-        return not self.running_stats
+        return not self.running_stats and not self.step_statistics
+
+    def per_step_norm(self, copies: int, weights: bool, statistics: bool) -> None:
+        """Keep ``copies`` copies of every batch norm's scale and shift (``weights``) and/or running statistics
+        (``statistics``), one per inner step; each copy starts as the current values (statistics: mean 0, var 1)."""
+        if self.step_copies:
+            raise FewShotError("Conv-4's per-step batch norm is already switched on")
+        if copies < 1 or not (weights or statistics):
+            raise FewShotError(f"per-step batch norm needs copies >= 1 and weights or statistics, got {copies}, "
+                               f"{weights}, {statistics}")
+        for norm in self.norms:
+            like = norm.weight.detach()
+            if weights:
+                norm.weight = nn.Parameter(like.unsqueeze(0).repeat(copies, 1))
+                norm.bias = nn.Parameter(norm.bias.detach().unsqueeze(0).repeat(copies, 1))
+            if statistics:  # buffers of the same names (None when the model keeps no running statistics)
+                norm.running_mean = torch.zeros(copies, like.shape[0], dtype=like.dtype, device=like.device)
+                norm.running_var = torch.ones(copies, like.shape[0], dtype=like.dtype, device=like.device)
+        self.step_copies, self.step_weights, self.step_statistics = copies, weights, statistics
+
+    def _copy(self, step: int | None) -> int:
+        """Which per-step copy ``step`` uses."""
+        return self.step_copies - 1 if step is None else min(step, self.step_copies - 1)
 
     def meta_parameters(self) -> list[nn.Parameter]:
         """Parameters in the order the functional forward takes them: per block conv w, b, bn w, b; then head."""
@@ -94,9 +124,10 @@ class Conv4(nn.Module):
 
     def forward_blocks(
         self, x: torch.Tensor, start: int = 0, stop: int | None = None,
-        params: Sequence[torch.Tensor] | None = None,
+        params: Sequence[torch.Tensor] | None = None, step: int | None = None,
     ) -> torch.Tensor:
-        """Run blocks ``start`` to ``stop`` (exclusive) on ``x``; to the last block, the pooled features follow."""
+        """Run blocks ``start`` to ``stop`` (exclusive) on ``x``; to the last block, the pooled features follow.
+        ``step``: the inner step whose batch-norm copy to use (with :meth:`per_step_norm`)."""
         if params is None:
             params = self.meta_parameters()
         stop = len(self.convs) if stop is None else stop
@@ -107,13 +138,15 @@ class Conv4(nn.Module):
             norm = self.norms[i]
             w, b, gamma, beta = params[4 * i : 4 * i + 4]
             x = F.conv2d(x, w, b, stride=stride, padding=1)
-            use_running = self.running_stats and not self.training
-            x = batch_norm(
-                x,
-                norm.running_mean if self.running_stats else None,
-                norm.running_var if self.running_stats else None,
-                gamma, beta, training=not use_running, momentum=norm.momentum, eps=norm.eps,
-            )
+            mean, var = (norm.running_mean, norm.running_var) if self.running_stats else (None, None)
+            if self.step_copies:
+                row = self._copy(step)
+                if self.step_weights:
+                    gamma, beta = gamma[row], beta[row]
+                if self.step_statistics:
+                    mean, var = norm.running_mean[row], norm.running_var[row]  # views: updated in place
+            use_running = mean is not None and not self.training
+            x = batch_norm(x, mean, var, gamma, beta, training=not use_running, momentum=norm.momentum, eps=norm.eps)
             x = F.relu(x)
             if self.variant == "maxpool":
                 x = F.max_pool2d(x, 2)
@@ -121,17 +154,18 @@ class Conv4(nn.Module):
             return x
         return x.mean(dim=(2, 3)) if self.pool == "mean" else x.flatten(1)
 
-    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        return self.forward_blocks(x, params=params)
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
+                 step: int | None = None) -> torch.Tensor:
+        return self.forward_blocks(x, params=params, step=step)
 
-    def features_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    def features_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor], step: int | None = None) -> torch.Tensor:
         """Features ``[T, B, feature_dim]`` of ``T`` tasks, task ``t`` computed with ``params[i][t]``.
 
         ``x`` is ``[T, B, C, H, W]`` (or ``[T, B, H, W]`` for one channel); each tensor of ``params`` has a leading
         task dimension (``p.expand(T, *p.shape)`` of shared weights is fine). Batch statistics are per task; running
         statistics are not supported here (use :meth:`features` task by task).
         """
-        if self.running_stats:
+        if self.running_stats or self.step_statistics:
             raise ValueError("features_tasks needs running_stats=False (per-task batch statistics only)")
         if x.dim() == 4:
             x = x.unsqueeze(2)
@@ -141,6 +175,8 @@ class Conv4(nn.Module):
         stride = 2 if self.variant == "strided" else 1
         for i, norm in enumerate(self.norms):
             w, b, gamma, beta = params[4 * i : 4 * i + 4]
+            if self.step_weights:
+                gamma, beta = gamma[:, self._copy(step)], beta[:, self._copy(step)]
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b.reshape(-1), stride=stride, padding=1, groups=tasks)
             h = F.batch_norm(h, None, None, gamma.reshape(-1), beta.reshape(-1), training=True, eps=norm.eps)
             h = F.relu(h)
@@ -149,17 +185,18 @@ class Conv4(nn.Module):
         h = h.mean(dim=(2, 3)) if self.pool == "mean" else h.flatten(2)
         return h.reshape(batch, tasks, -1).transpose(0, 1)
 
-    def forward_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward_tasks(self, x: torch.Tensor, params: Sequence[torch.Tensor], step: int | None = None) -> torch.Tensor:
         """Logits ``[T, B, out]`` of ``T`` tasks at once (features without a head), see :meth:`features_tasks`."""
-        h = self.features_tasks(x, params)
+        h = self.features_tasks(x, params, step)
         if self.head is None:
             return h
         return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
-    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
+                step: int | None = None) -> torch.Tensor:
         if params is None:
             params = self.meta_parameters()
-        h = self.features(x, params)
+        h = self.features(x, params, step)
         if self.head is None:
             return h
         return F.linear(h, params[-2], params[-1])
