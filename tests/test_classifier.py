@@ -52,6 +52,9 @@ def omniglot20(data_root, tmp_path_factory):
     return out
 
 
+MAML20_FLOOR = 0.0
+
+
 def _accuracy(csv_path: Path) -> float:
     rows = list(csv.DictReader(open(csv_path)))
     return sum(Path(r["input"]).parent.name == r["label"] for r in rows) / len(rows)
@@ -80,10 +83,16 @@ def test_fit_20_way_omniglot_with_a_5_way_protonet_and_predict(omniglot20, proto
     assert _accuracy(out) >= 0.95  # measured 98.67% (296 / 300); chance 5%
 
 
-def test_a_fixed_5_way_head_refuses_20_classes(omniglot20, tmp_path, capsys):
-    assert main(["fit", str(omniglot20 / "support"), "--out", str(tmp_path / "m"),
-                 "--model", str(ZOO / "omniglot_5w1s_maml.safetensors")]) == 2
-    assert "5-way output layer" in capsys.readouterr().err and not (tmp_path / "m").exists()
+def test_a_5_way_maml_fits_20_classes_with_a_built_head(omniglot20, tmp_path, capsys):
+    """MAML trained 5-way builds a 20-way head (prototypes of the support features, ``method.head_init``)."""
+    out = tmp_path / "maml20"
+    assert main(["fit", str(omniglot20 / "support"), "--out", str(out),
+                 "--model", str(ZOO / "omniglot_5w1s_maml.safetensors")]) == 0
+    assert len(json.loads((out / "config.json").read_text())["classes"]) == 20
+    assert main(["predict", str(out), str(omniglot20 / "queries"), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"]) == 0
+    print("MAML20", _accuracy(tmp_path / "p.csv"))
+    assert _accuracy(tmp_path / "p.csv") >= MAML20_FLOOR
 
 
 def test_default_image_model_is_cited_and_scores(omniglot20, tmp_path, capsys):

@@ -104,7 +104,8 @@ def load_model_input(model: str | Path, way: int) -> tuple[Method, RunConfig, Im
         ckpt = load_checkpoint(path)
         config = RunConfig.from_dict(ckpt.config)
         spec = checkpoint_input(ckpt)
-        method = build_method(config, config.eval.way)
+        head_way = config.train.way  # the output layer it was trained with, if it has one
+        method = build_method(config, head_way)
         load_weights(method, ckpt.weights, path)
     else:
         config = load_config(str(model))
@@ -113,10 +114,13 @@ def load_model_input(model: str | Path, way: int) -> tuple[Method, RunConfig, Im
                                "pass its run folder or checkpoint")
         described = describe_input(config)
         spec = None if described is None else ImageInput.from_dict(described)
-        method = build_method(config, way)
-    if method_class(config).needs_head and way != config.eval.way:
-        raise FewShotError(f"this {config.method.name} model has a {config.eval.way}-way output layer, but the "
-                           f"support set has {way} classes")
+        head_way = way
+        method = build_method(config, head_way)
+    method_cls = method_class(config)
+    # MAML, ANIL, Reptile build each task's head (method.head_init); a method that cannot needs the trained way
+    if method_cls.needs_head and not method_cls.builds_head and way != head_way:
+        raise FewShotError(f"this {config.method.name} model has a {head_way}-way output layer and cannot build "
+                           f"one for another number of classes, but the support set has {way} classes")
     config.train.use_threads()
     return method.to(config.train.torch_device()).eval(), config, spec
 

@@ -138,7 +138,7 @@ def test_checkpoint_roundtrip_without_pickle(tmp_path):
         load_checkpoint(tmp_path / "pickle.pt")
 
 
-def test_overrides_are_validated():
+def test_overrides_are_validated(monkeypatch):
     raw = load_raw("omniglot_5w1s_maml")
     cfg = RunConfig.from_dict(apply_overrides(raw, ["method.inner_steps=5", "meta_batch=16", "train.lr=1e-4"]))
     assert cfg.method.options["inner_steps"] == 5 and cfg.train.meta_batch == 16 and cfg.train.lr == 1e-4
@@ -158,6 +158,12 @@ def test_overrides_are_validated():
         apply_overrides(raw, ["way=20"])
     with pytest.raises(FewShotError, match="key=value"):
         apply_overrides(raw, ["inner_steps"])
+    # MAML builds each task's head (method.head_init): the model keeps the trained 5-way one, tasks are 20-way
+    twenty = build_experiment(RunConfig.from_dict(apply_overrides(raw, ["eval.way=20"])))
+    assert twenty.method.model.head.out_features == 5
+    from fewshot.methods.maml import MAML
+
+    monkeypatch.setattr(MAML, "builds_head", False)  # a method with a fixed-way head is still refused
     with pytest.raises(FewShotError, match="train.way .5. must equal eval.way .20."):
         build_experiment(RunConfig.from_dict(apply_overrides(raw, ["eval.way=20"])))
 

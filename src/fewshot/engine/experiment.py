@@ -94,10 +94,11 @@ class EpisodicExperiment:
         if self.batch_type is Episode and method_cls.needs_query and train.query < 1 and train.iterations > 0:
             raise FewShotError(f"train.query is {train.query} but method {config.method.name!r} trains on query "
                                f"examples; set train.query >= 1 (e.g. 15)")
-        if method_cls.needs_head and train.way != test.way:
-            raise FewShotError(f"{config.method.name} has an N-way output layer, so train.way ({train.way}) "
-                               f"must equal eval.way ({test.way})")
-        self.method = build_method(config, test.way)
+        if method_cls.needs_head and not method_cls.builds_head and train.way != test.way:
+            raise FewShotError(f"{config.method.name} has an N-way output layer it cannot rebuild for another way, "
+                               f"so train.way ({train.way}) must equal eval.way ({test.way})")
+        # the output layer has the trained way; a method that builds heads (Method.builds_head) adapts to any other
+        self.method = build_method(config, train.way)
         self._sampler: TaskSampler | None = None
 
     def dataset(self, split: str) -> ClassDataset:

@@ -20,11 +20,22 @@ from fewshot.errors import FewShotError
 
 
 def load_weights(method: nn.Module, weights: dict[str, torch.Tensor], source: Path | str) -> None:
-    """Load ``weights`` into ``method``; a clear error when they do not fit the model the config describes."""
+    """Load ``weights`` into ``method`` (every tensor, every shape as the model has it: a method that scores tasks of
+    another way builds their heads itself, the model keeps the trained one); a one-line error naming the first
+    tensor that does not fit the model the config describes."""
+    own = method.state_dict()
+    problems = [f"{key} is {list(weights[key].shape)} in the file but {list(t.shape)} in the model"
+                for key, t in own.items() if key in weights and weights[key].shape != t.shape]
+    problems += [f"{key} is missing from the file" for key in own if key not in weights]
+    problems += [f"{key} is in the file but not in the model" for key in weights if key not in own]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FewShotError(f"{source} does not fit the model its config describes: {problems[0]}{more}")
     try:
         method.load_state_dict(weights)
     except RuntimeError as exc:
-        raise FewShotError(f"{source} does not fit the model its config describes: {exc}") from exc
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise FewShotError(f"{source} does not fit the model its config describes: {first}") from exc
 
 
 def score(experiment: Any, checkpoint: Path | None = None, episodes: int | None = None, split: str | None = None,

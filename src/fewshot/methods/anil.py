@@ -22,6 +22,14 @@ Query features at test time (``adapt``'s predictor and ``predict``; training is 
 followed by that query, so that its answer does not depend on the other queries
 (:func:`fewshot.models.base.each_query_with_support`); ``true`` computes a task's query features in one batch, batch
 statistics over the query batch, as MAML's protocol (and the reproduction recipes).
+
+The head a task's inner loop starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way;
+the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned head
+when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says
+(``prototypes``: measured better on Omniglot's 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head;
+``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+(the features the head is adapted on, so in second-order training the meta-gradient flows through the prototypes
+into the body; first order computes the support features without gradient, so it does not).
 """
 
 from __future__ import annotations
@@ -36,6 +44,14 @@ from torch import nn
 from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Adapted, Method, accuracy, backward_query_loss, restored, task_chunks
+from fewshot.methods.heads import (
+    check_every_class,
+    check_head_init,
+    prototype_head_params,
+    resolve_head_init,
+    trainable,
+    zero_head,
+)
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 
@@ -61,8 +77,12 @@ class ANILConfig:
     transductive: bool = False
     """Test time: compute a task's query features in one batch (batch statistics over the query batch, as MAML's
     protocol; a query's answer then depends on the others) instead of each query with the support set alone."""
+    head_init: str = "trained"
+    """The head a task starts from: ``trained`` (the meta-learned one; for a task of another way, ``prototypes``),
+    ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
 
     def __post_init__(self) -> None:
+        check_head_init(self.head_init)
         for name in ("inner_steps", "test_inner_steps"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"method.{name} must be >= 1, got {getattr(self, name)}")
@@ -96,15 +116,16 @@ def linear_tasks(features: torch.Tensor, head: Sequence[torch.Tensor]) -> torch.
 
 def head_loop_tasks(
     features: torch.Tensor, y: torch.Tensor, head: Sequence[torch.Tensor], steps: int, lr: float,
-    create_graph: bool,
+    create_graph: bool, per_task: bool = False,
 ) -> list[torch.Tensor]:
     """:func:`head_loop` for ``T`` tasks at once: ``features`` is ``[T, B, D]``, ``y`` is ``[T, B]``.
 
-    Every task starts from the shared ``head``; the adapted heads have a leading task dimension. The summed per-task
-    losses give each task its own gradient, since task ``t`` only touches its slice of the heads.
+    Every task starts from the shared ``head`` (``per_task``: ``head`` already has the task dimension, one per task);
+    the adapted heads have a leading task dimension. The summed per-task losses give each task its own gradient,
+    since task ``t`` only touches its slice of the heads.
     """
     tasks, batch = y.shape
-    fast = [p.expand(tasks, *p.shape) for p in head]
+    fast = list(head) if per_task else [p.expand(tasks, *p.shape) for p in head]
     for _ in range(steps):
         logits = linear_tasks(features, fast)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch
@@ -135,6 +156,7 @@ class AdaptedHead(Adapted):
 class ANIL(Method):
     name = "anil"
     needs_head = True
+    builds_head = True
 
     def __init__(self, model: nn.Module, config: ANILConfig | None = None) -> None:
         super().__init__()
@@ -149,6 +171,18 @@ class ANIL(Method):
     def split(self, params: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(body, head)`` of a parameter list in ``meta_parameters()`` order: the head is the last two."""
         return list(params[:-2]), list(params[-2:])
+
+    def task_head(self, head: Sequence[torch.Tensor], support: torch.Tensor, y: torch.Tensor,
+                  way: int) -> tuple[list[torch.Tensor], bool]:
+        """The head a task of ``way`` classes starts from, per ``head_init``, and whether it is one per task: the
+        trained ``head``, zeros, or the prototypes of the support features ``support [(T,) B, D]`` by ``y``."""
+        plan = resolve_head_init(self.config.head_init, way, self.model)
+        if plan == "trained":
+            return list(head), False
+        if plan == "zeros":
+            return trainable(zero_head(head, way)), False
+        check_every_class(y, way)
+        return trainable(prototype_head_params(support, y, way)), support.dim() == 3
 
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
@@ -173,8 +207,9 @@ class ANIL(Method):
             body_tasks = [p.expand(size, *p.shape) for p in body]
             with torch.set_grad_enabled(not first_order and torch.is_grad_enabled()):
                 support = self.model.features_tasks(episode.support_x[part], body_tasks)
-            fast = head_loop_tasks(support, episode.support_y[part], head, self.config.inner_steps,
-                                   self.config.inner_lr, create_graph=not first_order)
+            start, per_task = self.task_head(head, support, episode.support_y[part], episode.way)
+            fast = head_loop_tasks(support, episode.support_y[part], start, self.config.inner_steps,
+                                   self.config.inner_lr, create_graph=not first_order, per_task=per_task)
             logits = linear_tasks(self.model.features_tasks(episode.query_x[part], body_tasks), fast)
             loss, acc = backward_query_loss(logits, query_y, tasks)
             total_loss += loss
@@ -190,7 +225,8 @@ class ANIL(Method):
         for t in range(tasks):
             with torch.set_grad_enabled(not first_order and torch.is_grad_enabled()):
                 support = self.model.features(episode.support_x[t], body)
-            fast = head_loop(support, episode.support_y[t], head, self.config.inner_steps, self.config.inner_lr,
+            start, _ = self.task_head(head, support, episode.support_y[t], episode.way)
+            fast = head_loop(support, episode.support_y[t], start, self.config.inner_steps, self.config.inner_lr,
                              create_graph=not first_order)
             logits = F.linear(self.model.features(episode.query_x[t], body), *fast)
             loss = F.cross_entropy(logits, episode.query_y[t])
@@ -204,16 +240,13 @@ class ANIL(Method):
         body, head = self.split([p.detach() for p in self.model.meta_parameters()])
         return body, [p.requires_grad_() for p in head]
 
-    def _check_way(self, way: int, head: Sequence[torch.Tensor]) -> None:
-        if way != head[0].shape[0]:
-            raise FewShotError(f"ANIL's output layer has {head[0].shape[0]} classes, but the task has {way}")
-
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> AdaptedHead:
-        """Adapt the head on the support features (``test_inner_steps``); the body stays the method's own."""
+        """Adapt the head (per ``head_init``) on the support features (``test_inner_steps``); the body stays the
+        method's own."""
         body, head = self._detached()
-        self._check_way(way, head)
         with torch.no_grad():
             support = self.model.features(support_x, body)
+            head, _ = self.task_head(head, support, support_y, way)
         with torch.enable_grad():
             fast = head_loop(support, support_y, head, self.config.test_inner_steps, self.config.inner_lr, False)
         w, b = (p.detach() for p in fast)
@@ -227,8 +260,7 @@ class ANIL(Method):
         """Logits ``[tasks, N*Q, N]``, all tasks adapted at once on the fast path (same as :meth:`adapt` per task)."""
         if not self.fast_path(episode):
             return super().predict(episode)
-        body, head = self._detached()
-        self._check_way(episode.way, head)
+        body, trained = self._detached()
         out = []
         for part in task_chunks(episode.num_tasks, self.config.task_chunk):
             size = episode.support_y[part].shape[0]
@@ -241,8 +273,9 @@ class ANIL(Method):
                     query = torch.stack([each_query_with_support(self.model, body, episode.support_x[t],
                                                                  episode.query_x[t], features=True)
                                          for t in range(part.start, part.stop)])
+                head, per_task = self.task_head(trained, support, episode.support_y[part], episode.way)
             with torch.enable_grad():
                 fast = head_loop_tasks(support, episode.support_y[part], head, self.config.test_inner_steps,
-                                       self.config.inner_lr, create_graph=False)
+                                       self.config.inner_lr, create_graph=False, per_task=per_task)
             out.append(linear_tasks(query, [p.detach() for p in fast]))
         return torch.cat(out)

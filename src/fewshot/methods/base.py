@@ -18,6 +18,8 @@ A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot
   and return metrics (``loss`` at least, ``accuracy`` where it means something). The engine's optimizer then steps.
   Which batches a method trains on is :attr:`Method.trains_on` (episodes for meta-learners, labelled batches for
   supervised pre-training, domain batches for DANN); a kind of run checks it before training starts.
+* :attr:`Method.needs_head`, :attr:`Method.builds_head` — whether the model is built with an output layer of the
+  trained way, and whether the method then takes tasks of any way (it builds each task's N-way head in ``adapt``).
 * :attr:`Method.needs_query` — whether training on episodes needs query examples (``train.query >= 1``); the
   episodic kinds check it before training.
 * hooks with no-op defaults: :meth:`set_class_names` (the class names of the data set whose tasks come next, for
@@ -106,8 +108,14 @@ class Method(nn.Module, ABC):
 
     name: ClassVar[str] = "method"
     needs_head: ClassVar[bool] = True
-    """Whether the model is built with an N-way output layer (``out_features = way``), whose way is then fixed;
-    False for methods that put their own classifier on the backbone's features."""
+    """Whether the model is built with an N-way output layer (``out_features = train.way``), whose way is then fixed
+    unless the method :attr:`builds_head`; False for methods that put their own classifier on the backbone's
+    features."""
+    builds_head: ClassVar[bool] = False
+    """For a method that :attr:`needs_head`: whether :meth:`adapt` (and :meth:`predict`) build an output layer for a
+    task of any way from the trained one (``method.head_init``: MAML, ANIL, Reptile), so the model is built with the
+    way it was trained for (``train.way``) and scores tasks of any other (``eval.way``, ``fewshot classify``).
+    False: tasks must have the trained way."""
     trains_on: ClassVar[tuple[type, ...]] = (Episode,)
     """The batch types :meth:`training_gradient` accepts (:class:`Episode`, ``LabelledBatch``, ``DomainBatch``)."""
     needs_query: ClassVar[bool] = True

@@ -3,6 +3,7 @@ prototype-initialised linear layer, and logistic regression. Shared by the metho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,3 +189,81 @@ def classifier_from_state(state: dict[str, torch.Tensor], way: int, config: Clas
     if "present" in state:
         return OneClass(state["present"], way)
     return LogisticHead(state["coef"], state["intercept"], state["known"], config.normalize)
+
+
+# --- an N-way output layer for MAML / Meta-SGD, ANIL and Reptile, built from the trained one -------------------------
+
+WAY_HEAD_INITS = ("trained", "zeros", "prototypes")
+"""``method.head_init`` of the methods whose model has a trained N-way output layer (MAML, ANIL, Reptile)."""
+
+OTHER_WAY_INIT = "prototypes"
+"""What ``head_init: trained`` builds for a task whose way is not the trained head's (no trained head fits it).
+Measured with the 5-way Omniglot zoo checkpoints on 20-way tasks, paired on the same episodes (``results/omniglot.md``,
+"5-way models on 20-way episodes"): prototypes beat zeros by 13 and 25 points for MAML at 5 shots and by 9 for
+Reptile, by 1-4 for MAML at 1 shot; zeros win only for Reptile at 1 shot (1 point); ANIL is within a point either
+way (its head-only inner loop reaches about the same head from both)."""
+
+
+def check_head_init(value: str) -> None:
+    if value not in WAY_HEAD_INITS:
+        raise FewShotError(f"method.head_init must be one of {WAY_HEAD_INITS}, got {value!r}")
+
+
+def resolve_head_init(option: str, way: int, model: nn.Module) -> str:
+    """The head a task of ``way`` classes starts from: the trained head (``trained``, when its way is the task's),
+    a zero one (``zeros``), or the nearest-prototype one (``prototypes``); ``trained`` for another way is
+    :data:`OTHER_WAY_INIT`. A model without an output layer takes ``trained`` (its own forward, as before)."""
+    if option == "trained":
+        if getattr(model, "head", None) is None or way == trained_way(model):
+            return "trained"
+        return OTHER_WAY_INIT
+    trained_way(model)  # a clear error when there is no head to replace
+    return option
+
+
+def trainable(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors``, each one an inner loop can differentiate (a tensor outside any graph is marked so)."""
+    return [t if t.requires_grad else t.requires_grad_() for t in tensors]
+
+
+def trained_way(model: nn.Module) -> int:
+    """The way of the model's trained output layer; a clear error when it has none."""
+    head = getattr(model, "head", None)
+    if head is None:
+        raise FewShotError(f"this {type(model).__name__} was built without an output layer, so no N-way head can be "
+                           "built from it (build it with out_features)")
+    return int(head.out_features)
+
+
+def zero_head(like: Sequence[torch.Tensor], way: int) -> list[torch.Tensor]:
+    """``[w [way, D], b [way]]`` of zeros, of the dtype and device of the trained head ``like``."""
+    w, b = like
+    return [w.new_zeros(way, w.shape[-1]), b.new_zeros(way)]
+
+
+def prototype_head_params(features: torch.Tensor, labels: torch.Tensor, way: int) -> list[torch.Tensor]:
+    """Proto-MAML's output layer (Triantafillou et al. 2020): ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the class means
+    ``p_c`` of ``features [..., B, D]`` by ``labels [..., B]`` (leading task dimensions kept), so the logits are
+    ``-‖f - p_c‖²`` up to a term shared by every class. Differentiable in ``features``."""
+    protos = prototypes(features, labels, way)
+    return [2 * protos, -(protos**2).sum(-1)]
+
+
+def check_every_class(labels: torch.Tensor, way: int) -> None:
+    """A clear error when a class of ``0..way-1`` has no support example (its prototype would be undefined)."""
+    counts = torch.bincount(labels.reshape(-1).cpu(), minlength=way)
+    if len(counts) > way:
+        raise FewShotError(f"a {way}-way task has labels 0..{way - 1}, but its support set has label {len(counts) - 1}")
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise FewShotError(f"head_init=prototypes needs a support example of each of the {way} classes (labels "
+                           f"0..{way - 1}); classes {missing} have none")
+
+
+def extend_rows(rows: torch.Tensor, way: int) -> torch.Tensor:
+    """A per-class tensor ``[n, ...]`` (Meta-SGD's learned rates of the head's rows) for ``way`` classes: unchanged
+    when ``way == n``, else every row is the mean of the trained rows. The rows are interchangeable (labels are
+    assigned to classes at random in every training task), so their mean is the estimate for a new class's row."""
+    if rows.shape[0] == way:
+        return rows
+    return rows.mean(0, keepdim=True).expand(way, *rows.shape[1:])

@@ -50,6 +50,23 @@ reference loop (:meth:`MAML.meta_gradient_plus_plus`, not the task-batched fast 
 
 MSL and DA read the training iteration from the episode (:attr:`fewshot.data.tasks.Episode.iteration`, set by the
 sampler), so a resumed run anneals exactly as an uninterrupted one.
+
+The output layer a task starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way,
+``eval.way`` or ``fewshot classify``'s classes; the model keeps the trained way's head, ``Method.builds_head``):
+
+* ``trained`` (the default): the meta-learned head when the task's way is the trained way (the paper); for another
+  way, what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says (``prototypes``, the better of the two on Omniglot's
+  20-way tasks: ``results/omniglot.md``).
+* ``zeros``: a zero ``[way, D]`` head (the first inner step then moves the head alone).
+* ``prototypes``: Proto-MAML's head (Triantafillou et al. 2020): ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means
+  ``p_c`` of the support features under the current body. In training the meta-gradient flows through the prototypes
+  into the body (in first order too: only the inner gradients are cut); the trained head is then unused.
+
+With Meta-SGD, the head's learned rates serve the rows of a built head when the way is the trained one; for another
+way each row takes the mean of the trained rows (the rows are interchangeable: classes get labels at random in
+every training task).
+The MAML++ loop builds the head the same way (prototypes from the pass with step 0 under per-step batch norm;
+LSLR's rates are per tensor, so they serve a head of any way).
 """
 
 from __future__ import annotations
@@ -65,6 +82,15 @@ from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, accuracy, backward_query_loss, task_chunks
 from fewshot.methods.fast_weights import FastWeights
+from fewshot.methods.heads import (
+    check_every_class,
+    check_head_init,
+    extend_rows,
+    prototype_head_params,
+    resolve_head_init,
+    trainable,
+    zero_head,
+)
 from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
 
 
@@ -86,6 +112,9 @@ class MAMLConfig:
     transductive: bool = False
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
+    head_init: str = "trained"
+    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of another way,
+    ``prototypes``), ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
     # MAML++ (module docstring): all off by default
     multi_step_loss: bool = False
     """MSL: meta-loss over the query losses after every inner step, annealed towards the last (``msl_iterations``)."""
@@ -107,6 +136,7 @@ class MAMLConfig:
                 or self.first_order_iterations > 0)
 
     def __post_init__(self) -> None:
+        check_head_init(self.head_init)
         if self.inner_steps < 1 or self.test_inner_steps < 1:
             raise FewShotError(f"inner_steps and test_inner_steps must be >= 1, got {self.inner_steps}, "
                                f"{self.test_inner_steps}")
@@ -159,14 +189,17 @@ def inner_loop_tasks(
     steps: int,
     lrs: Sequence[torch.Tensor | float],
     create_graph: bool,
+    per_task_head: bool = False,
 ) -> list[torch.Tensor]:
     """:func:`inner_loop` for ``T`` tasks at once: ``x`` is ``[T, B, ...]``, ``y`` is ``[T, B]``.
 
     Starts every task from the shared ``params`` and returns fast weights with a leading task dimension. The summed
     per-task losses give each task's own gradient, because task ``t`` only touches its slice of the weights.
+    ``per_task_head``: the last two of ``params`` (the head) already have the task dimension (one head per task).
     """
     tasks, batch = y.shape
-    fast = [p.expand(tasks, *p.shape) for p in params]
+    shared = len(params) - 2 if per_task_head else len(params)
+    fast = [p.expand(tasks, *p.shape) if i < shared else p for i, p in enumerate(params)]
     for _ in range(steps):
         logits = model.forward_tasks(x, fast)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch
@@ -177,6 +210,7 @@ def inner_loop_tasks(
 
 class MAML(Method):
     name = "maml"
+    builds_head = True
 
     def __init__(self, model: nn.Module, config: MAMLConfig | None = None) -> None:
         super().__init__()
@@ -195,6 +229,35 @@ class MAML(Method):
         if self.inner_lrs is not None:
             return list(self.inner_lrs)
         return [self.config.inner_lr] * len(self.model.meta_parameters())
+
+    def task_start(
+        self, params: Sequence[torch.Tensor], lrs: Sequence[torch.Tensor | float], x: torch.Tensor,
+        y: torch.Tensor, way: int, batched: bool = False,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | float], bool]:
+        """The weights and inner rates a task of ``way`` classes starts from: ``params`` with the output layer
+        ``head_init`` says (prototypes of the support ``x, y`` under ``params``' body, differentiably), the head's
+        Meta-SGD rates extended to ``way`` rows. ``batched``: ``x [T, B, ...]``, and the built head is per task
+        (the returned flag). The trained head returns ``params`` and ``lrs`` as they are."""
+        plan = resolve_head_init(self.config.head_init, way, self.model)
+        if plan == "trained":
+            return list(params), list(lrs), False
+        body = list(params[:-2])
+        per_task = False
+        if plan == "zeros":
+            head = zero_head(params[-2:], way)
+        else:
+            check_every_class(y, way)
+            if batched:
+                feats = self.model.features_tasks(x, [p.expand(x.shape[0], *p.shape) for p in body])
+            else:
+                feats = self.model.features(x, body, **self._step(0))
+            head, per_task = prototype_head_params(feats, y, way), batched
+            if torch.is_grad_enabled():
+                # the inner loop differentiates the fast weights as separate inputs (the body with the head held
+                # fixed): an alias keeps its gradient off the path through the prototypes to the body's tensors
+                body = [p.view_as(p) for p in body]
+        head_lrs = [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
+        return body + trainable(head), list(lrs[:-2]) + head_lrs, per_task
 
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
@@ -216,8 +279,11 @@ class MAML(Method):
         tasks = episode.num_tasks
         total_loss, total_acc = 0.0, 0.0
         for part in task_chunks(tasks, self.config.task_chunk):
-            fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
-                                    self.config.inner_steps, lrs, create_graph=not self.config.first_order)
+            start, part_lrs, per_task = self.task_start(params, lrs, episode.support_x[part],
+                                                        episode.support_y[part], episode.way, batched=True)
+            fast = inner_loop_tasks(self.model, start, episode.support_x[part], episode.support_y[part],
+                                    self.config.inner_steps, part_lrs, create_graph=not self.config.first_order,
+                                    per_task_head=per_task)
             query_y = episode.query_y[part]
             logits = self.model.forward_tasks(episode.query_x[part], fast)
             loss, acc = backward_query_loss(logits, query_y, tasks)
@@ -232,8 +298,10 @@ class MAML(Method):
         tasks = episode.num_tasks
         total_loss, total_acc = 0.0, 0.0
         for t in range(tasks):
-            fast = inner_loop(self.model, params, episode.support_x[t], episode.support_y[t],
-                              self.config.inner_steps, lrs, create_graph=not self.config.first_order)
+            start, task_lrs, _ = self.task_start(params, lrs, episode.support_x[t], episode.support_y[t],
+                                                 episode.way)
+            fast = inner_loop(self.model, start, episode.support_x[t], episode.support_y[t],
+                              self.config.inner_steps, task_lrs, create_graph=not self.config.first_order)
             logits = self.model(episode.query_x[t], fast)
             loss = F.cross_entropy(logits, episode.query_y[t])
             (loss / tasks).backward()
@@ -242,10 +310,14 @@ class MAML(Method):
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
+        """``test_inner_steps`` of SGD on the support set from the trained weights, the head per ``head_init``."""
         if self.config.plus_plus:
-            return self._adapt_plus_plus(support_x, support_y)
+            return self._adapt_plus_plus(support_x, support_y, way)
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
+        with torch.no_grad():
+            params, lrs, _ = self.task_start(params, lrs, support_x, support_y, way)
+        params = trainable(params)
         with torch.enable_grad():
             fast = inner_loop(self.model, params, support_x, support_y, self.config.test_inner_steps, lrs, False)
         return FastWeights(self, [p.detach() for p in fast], support_x, self.transductive, self.fast_path())
@@ -264,9 +336,14 @@ class MAML(Method):
         lrs = [lr.detach() if isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
         out = []
         for part in task_chunks(episode.num_tasks, self.config.task_chunk):
+            with torch.no_grad():
+                start, part_lrs, per_task = self.task_start(params, lrs, episode.support_x[part],
+                                                            episode.support_y[part], episode.way, batched=True)
+            start = trainable(start)
             with torch.enable_grad():
-                fast = inner_loop_tasks(self.model, params, episode.support_x[part], episode.support_y[part],
-                                        self.config.test_inner_steps, lrs, create_graph=False)
+                fast = inner_loop_tasks(self.model, start, episode.support_x[part], episode.support_y[part],
+                                        self.config.test_inner_steps, part_lrs, create_graph=False,
+                                        per_task_head=per_task)
             with torch.no_grad():
                 fast = [p.detach() for p in fast]
                 if self.transductive:
@@ -299,15 +376,19 @@ class MAML(Method):
         return self.config.per_step_bn_weights or self.config.per_step_bn_stats
 
     def _plus_plus_loop(self, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
-                        create_graph: bool, detach_lrs: bool = False) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """MAML++'s inner loop; yields ``(k, fast weights after k updates)`` for ``k = 1 .. steps``."""
-        return inner_loop_per_step(self.model, params, x, y, steps, self._plus_plus_lrs(detach_lrs), create_graph,
-                                   self._per_step_norm)
+                        create_graph: bool, detach_lrs: bool = False,
+                        way: int | None = None) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """MAML++'s inner loop; yields ``(k, fast weights after k updates)`` for ``k = 1 .. steps``. ``way``: the
+        task's, when it starts from a built head (Meta-SGD's head rates extended to it)."""
+        return inner_loop_per_step(self.model, params, x, y, steps, self._plus_plus_lrs(detach_lrs, way),
+                                   create_graph, self._per_step_norm)
 
-    def _plus_plus_lrs(self, detach: bool) -> Callable[[int], Sequence[torch.Tensor | float]]:
+    def _plus_plus_lrs(self, detach: bool, way: int | None = None) -> Callable[[int], Sequence[torch.Tensor | float]]:
         """Step -> the inner rates of each tensor at that step (LSLR's, Meta-SGD's or ``inner_lr``)."""
         if self.step_lrs is None:
             lrs = [lr.detach() if detach and isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
+            if way is not None:
+                lrs = lrs[:-2] + [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
             return lambda step: lrs
         rates = [lr.detach() if detach else lr for lr in self.step_lrs]
         last = self.config.inner_steps - 1
@@ -333,8 +414,10 @@ class MAML(Method):
         for t in range(tasks):
             query_x, query_y = episode.query_x[t], episode.query_y[t]
             losses = []
-            for k, fast in self._plus_plus_loop(params, episode.support_x[t], episode.support_y[t],
-                                                config.inner_steps, create_graph=not first_order):
+            start, _, _ = self.task_start(params, self._lrs(), episode.support_x[t], episode.support_y[t],
+                                          episode.way)
+            for k, fast in self._plus_plus_loop(start, episode.support_x[t], episode.support_y[t],
+                                                config.inner_steps, create_graph=not first_order, way=episode.way):
                 if weights is not None or k == config.inner_steps:
                     logits = self.model(query_x, fast, **self._step(k))
                     losses.append(F.cross_entropy(logits, query_y))
@@ -344,12 +427,16 @@ class MAML(Method):
             total_acc += accuracy(logits, query_y)
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
-    def _adapt_plus_plus(self, support_x: torch.Tensor, support_y: torch.Tensor) -> FastWeights:
+    def _adapt_plus_plus(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
         steps = self.config.test_inner_steps
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
+        with torch.no_grad():
+            params, _, _ = self.task_start(params, self._lrs(), support_x, support_y, way)
+        params = trainable(params)
         fast = params
         with torch.enable_grad():
-            for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, detach_lrs=True):
+            for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, detach_lrs=True,
+                                                   way=way):
                 fast = adapted
         return FastWeights(self, [p.detach() for p in fast], support_x, self._scores_together(),
                            batches_tasks(self.model), self._step(steps))

@@ -23,6 +23,14 @@ them), so a task trains the same whichever other tasks share its batch and which
 trains it (every process draws the same number: they share the global random state). Adapting to a test task
 (:meth:`adapt`, :meth:`predict`) draws from torch's global random state, as before (the fixed evaluation protocol
 seeds it), so scores of existing checkpoints do not change.
+
+The output layer a task's weights start from, per ``head_init`` (so a model trained 5-way adapts to tasks of any
+way; the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned
+head when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT`
+says (``prototypes``: measured better on Omniglot's 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head;
+``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+under the current body (computed over the whole support set before the inner steps). When a task starts from a built
+head, training moves the body alone (the trained head gets no update: it is not where tasks start).
 """
 
 from __future__ import annotations
@@ -37,6 +45,13 @@ from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.fast_weights import FastWeights
+from fewshot.methods.heads import (
+    check_every_class,
+    check_head_init,
+    prototype_head_params,
+    resolve_head_init,
+    zero_head,
+)
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
 
 QUERY_CHUNK = 8
@@ -57,8 +72,12 @@ class ReptileConfig:
     transductive: bool = False
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
+    head_init: str = "trained"
+    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of another way,
+    ``prototypes``), ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
 
     def __post_init__(self) -> None:
+        check_head_init(self.head_init)
         for name in ("inner_steps", "inner_batch", "test_inner_steps", "test_inner_batch"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -77,6 +96,7 @@ def task_generators(episode: Episode) -> list[torch.Generator] | None:
 
 class Reptile(Method):
     name = "reptile"
+    builds_head = True
     needs_query = False  # trains on the support set; queries (if any) only measure accuracy
 
     def __init__(self, model: nn.Module, config: ReptileConfig | None = None) -> None:
@@ -89,6 +109,26 @@ class Reptile(Method):
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
         return not self.config.reference and batches_tasks(self.model) and isinstance(x, torch.Tensor)
+
+    def task_start(self, x: torch.Tensor, y: torch.Tensor, way: int,
+                   batched: bool = False) -> tuple[list[torch.Tensor], bool] | None:
+        """The weights a task of ``way`` classes starts from when ``head_init`` builds its head (``None``: the
+        trained weights as they are), detached, and whether the head is one per task (``batched``: ``x [T, B, ...]``,
+        prototypes per task)."""
+        plan = resolve_head_init(self.config.head_init, way, self.model)
+        if plan == "trained":
+            return None
+        params = [p.detach() for p in self.model.meta_parameters()]
+        body = params[:-2]
+        if plan == "zeros":
+            return body + zero_head(params[-2:], way), False
+        check_every_class(y, way)
+        with torch.no_grad():
+            if batched:
+                feats = self.model.features_tasks(x, [p.expand(x.shape[0], *p.shape) for p in body])
+            else:
+                feats = self.model.features(x, body)
+        return body + prototype_head_params(feats, y, way), batched
 
     @staticmethod
     def schedule(size: int, steps: int, batch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -105,20 +145,25 @@ class Reptile(Method):
 
     def train_tasks(
         self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
-        generators: list[torch.Generator] | None = None,
+        generators: list[torch.Generator] | None = None, way: int | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """:meth:`train_task` for ``T`` tasks at once (``x`` is ``[T, N, ...]``): task weights ``[T, ...]``, losses.
 
         Draws the same mini-batches as calling :meth:`train_task` task after task (task ``t`` from
         ``generators[t]`` when given), and takes the same Adam (beta1 = 0) steps as ``torch.optim.Adam``, batched
-        over tasks.
+        over tasks. ``way`` (the tasks' way) starts them from the head ``head_init`` says; ``None``: from the
+        trained weights.
         """
         tasks = y.shape[0]
         gens = generators or [None] * tasks
         picks = torch.stack([torch.stack(self.schedule(y.shape[1], steps, batch, gens[t])) for t in range(tasks)],
                             dim=1)
         rows = torch.arange(tasks).unsqueeze(1)
-        fast = [p.detach().expand(tasks, *p.shape).clone() for p in self.model.meta_parameters()]
+        start = self.task_start(x, y, way, batched=True) if way is not None else None
+        params, per_task = start or (self.model.meta_parameters(), False)
+        shared = len(params) - 2 if per_task else len(params)
+        fast = [p.detach().expand(tasks, *p.shape).clone() if i < shared else p.detach().clone()
+                for i, p in enumerate(params)]
         second = [torch.zeros_like(p) for p in fast]
         lr, beta2, eps = self.config.inner_lr, self.config.adam_beta2, 1e-8
         losses = torch.zeros(tasks, device=y.device)
@@ -142,11 +187,16 @@ class Reptile(Method):
             torch._foreach_addcdiv_(fast, grads, denom, value=-lr)
         return fast, losses
 
-    def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
-                   generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], float]:
+    def train_task(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, generator: torch.Generator | None = None,
+        way: int | None = None,
+    ) -> tuple[list[torch.Tensor], float]:
         """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)`` (drawn from ``generator``, else
-        from torch's global random state); returns the task weights."""
-        fast = [p.detach().clone().requires_grad_() for p in self.model.meta_parameters()]
+        from torch's global random state); returns the task weights. ``way`` (the task's way) starts from the head
+        ``head_init`` says; ``None``: from the trained weights."""
+        start = self.task_start(x, y, way) if way is not None else None
+        params = start[0] if start is not None else self.model.meta_parameters()
+        fast = [p.detach().clone().requires_grad_() for p in params]
         optimizer = torch.optim.Adam(fast, lr=self.config.inner_lr, betas=(0.0, self.config.adam_beta2))
         order = torch.randperm(len(y), generator=generator)
         position, loss = 0, torch.zeros(())
@@ -169,7 +219,7 @@ class Reptile(Method):
         params = self.model.meta_parameters()
         tasks = episode.num_tasks
         fast, losses = self.train_tasks(episode.support_x, episode.support_y, self.config.inner_steps,
-                                        self.config.inner_batch, task_generators(episode))
+                                        self.config.inner_batch, task_generators(episode), episode.way)
         accuracy_sum = 0.0
         if episode.query_y.shape[1] > 0:
             with torch.no_grad():
@@ -177,7 +227,7 @@ class Reptile(Method):
                     part = slice(start, start + QUERY_CHUNK)
                     logits = self.model.forward_tasks(episode.query_x[part], [f[part] for f in fast])
                     accuracy_sum += (logits.argmax(-1) == episode.query_y[part]).float().mean(1).sum().item()
-        for p, f in zip(params, fast, strict=True):
+        for p, f in zip(params[: self._updated(episode.way)], fast, strict=False):
             delta = p.detach() - f.mean(0)
             p.grad = delta if p.grad is None else p.grad + delta
         return {"loss": losses.mean().item(), "accuracy": accuracy_sum / tasks}
@@ -191,20 +241,29 @@ class Reptile(Method):
         generators = task_generators(episode) or [None] * tasks
         for t in range(tasks):
             x, y = episode.support_x[t], episode.support_y[t]
-            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t])
-            for d, p, f in zip(deltas, params, fast, strict=True):
+            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t],
+                                         episode.way)
+            for d, p, f in zip(deltas[: self._updated(episode.way)], params, fast, strict=False):
                 d.add_(p.detach() - f, alpha=1 / tasks)
             total_loss += loss
             if episode.query_y.shape[1] > 0:
                 with torch.no_grad():
                     total_acc += accuracy(self.model(episode.query_x[t], fast), episode.query_y[t])
-        for p, d in zip(params, deltas, strict=True):
+        for p, d in zip(params[: self._updated(episode.way)], deltas, strict=False):
             p.grad = d if p.grad is None else p.grad + d
         return {"loss": total_loss / tasks, "accuracy": total_acc / tasks}
 
+    def _updated(self, way: int) -> int:
+        """How many of ``meta_parameters()`` training moves: all, or the body alone when tasks start from a built
+        head."""
+        params = len(self.model.meta_parameters())
+        return params if resolve_head_init(self.config.head_init, way, self.model) == "trained" else params - 2
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
+        """``test_inner_steps`` Adam steps on support mini-batches from the trained weights, the head per
+        ``head_init``."""
         batch = min(self.config.test_inner_batch, len(support_y))
-        fast, _ = self.train_task(support_x, support_y, self.config.test_inner_steps, batch)
+        fast, _ = self.train_task(support_x, support_y, self.config.test_inner_steps, batch, way=way)
         return FastWeights(self, fast, support_x, self.transductive, self.fast_path(support_x))
 
     def restore(self, state: dict[str, torch.Tensor], way: int) -> FastWeights:
@@ -215,7 +274,8 @@ class Reptile(Method):
         if not self.fast_path(episode.support_x):
             return super().predict(episode)
         batch = min(self.config.test_inner_batch, episode.support_y.shape[1])
-        fast, _ = self.train_tasks(episode.support_x, episode.support_y, self.config.test_inner_steps, batch)
+        fast, _ = self.train_tasks(episode.support_x, episode.support_y, self.config.test_inner_steps, batch,
+                                   way=episode.way)
         with torch.no_grad():
             if self.transductive:
                 return self.model.forward_tasks(episode.query_x, fast)

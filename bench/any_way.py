@@ -1,0 +1,169 @@
+"""5-way zoo checkpoints (MAML, Reptile, ANIL) scored on 20-way Omniglot tasks, per output-layer initialisation.
+
+Every cell is exactly ``fewshot eval CKPT --episodes E --json eval.way=W eval.shot=S method.head_init=I
+train.threads=1`` (the same ``score``, the fixed test episodes from ``eval.seed``), run in this process so that the
+per-episode scores are kept: each pair of inits is compared on the same episodes (the paired difference and its
+Student-t 95% interval). Also: at the trained way (5-way, the checkpoint's own shot), the trained head against the
+prototype one.
+
+Usage:
+  FEWSHOT_DATA=../shared/data python bench/any_way.py [--episodes 600] [--maml-episodes 100] [--jobs 2]
+      [--out results/any_way.json] [--only omniglot_5w1s_anil] [--reuse] [--table]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_reptile", "omniglot_5w1s_anil",
+               "omniglot_5w5s_anil")
+OTHER_WAY = 20
+OTHER_INITS = ("zeros", "prototypes")
+SAME_WAY_INITS = ("trained", "prototypes")
+
+
+def cells(names: list[str], episodes: int, maml_episodes: int) -> list[dict]:
+    out = []
+    for name in names:
+        own_shot = int(name.split("_")[1].split("w")[1].rstrip("s"))
+        for shot in (1, 5):
+            n = maml_episodes if name.endswith("_maml") and shot == 5 else episodes
+            for init in OTHER_INITS:
+                out.append({"checkpoint": f"zoo/{name}.safetensors", "way": OTHER_WAY, "shot": shot, "init": init,
+                            "episodes": n})
+        for init in SAME_WAY_INITS:
+            out.append({"checkpoint": f"zoo/{name}.safetensors", "way": 5, "shot": own_shot, "init": init,
+                        "episodes": episodes})
+    return out
+
+
+def command(cell: dict) -> str:
+    return (f"fewshot eval {cell['checkpoint']} --episodes {cell['episodes']} --json eval.way={cell['way']} "
+            f"eval.shot={cell['shot']} method.head_init={cell['init']} train.threads=1")
+
+
+def run_cell(cell: dict) -> dict:
+    """One ``fewshot eval`` (as :func:`fewshot.cli.cmd_eval`), keeping the per-episode scores."""
+    from fewshot.config import RunConfig, apply_overrides
+    from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.engine.experiment import build_experiment
+    from fewshot.engine.scoring import load_weights, score
+
+    path = REPO / cell["checkpoint"]
+    ckpt = load_checkpoint(path)
+    overrides = [f"eval.way={cell['way']}", f"eval.shot={cell['shot']}", f"method.head_init={cell['init']}",
+                 "train.threads=1"]
+    config = RunConfig.from_dict(apply_overrides(ckpt.config, overrides))
+    config.train.use_threads()
+    experiment = build_experiment(config, None)
+    load_weights(experiment.method, ckpt.weights, path)
+    start = time.perf_counter()
+    result = score(experiment, path, cell["episodes"])
+    seconds = time.perf_counter() - start
+    row = {**cell, "method": config.method.name, "accuracy": result.accuracy, "ci95": result.ci95,
+           "eval_seconds": round(seconds, 1), "command": command(cell),
+           "per_episode": [round(s, 6) for s in result.per_episode]}
+    print(f"{cell['checkpoint']} {cell['way']}w{cell['shot']}s {cell['init']}: {100 * result.accuracy:.2f} ± "
+          f"{100 * result.ci95:.2f} ({cell['episodes']} episodes, {seconds:.0f} s)", flush=True)
+    return row
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of ``a - b`` over the episodes both have (the same episodes) and its Student-t 95% half-width."""
+    from fewshot.engine.evaluate import t975
+
+    d = [x - y for x, y in zip(a, b, strict=False)]
+    n = len(d)
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("nan")
+    return {"difference": mean, "ci95": t975(n - 1) * sd / math.sqrt(n), "episodes": n}
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    by = {(r["checkpoint"], r["way"], r["shot"], r["init"]): r for r in rows}
+    out = []
+    for (ckpt, way, shot, init), row in sorted(by.items()):
+        other = {"prototypes": "zeros" if way == OTHER_WAY else "trained"}.get(init)
+        if other and (ckpt, way, shot, other) in by:
+            out.append({"checkpoint": ckpt, "way": way, "shot": shot, "a": init, "b": other,
+                        **paired(row["per_episode"], by[(ckpt, way, shot, other)]["per_episode"])})
+    return out
+
+
+def table(out: dict) -> str:
+    """The markdown table of ``results/omniglot.md``: accuracy ± Student-t 95% interval per checkpoint, way x shot
+    and init, with the paired difference of the two inits on the same episodes."""
+    rows = {(r["checkpoint"], r["way"], r["shot"], r["init"]): r for r in out["results"]}
+    diffs = {(c["checkpoint"], c["way"], c["shot"]): c for c in out["comparisons"]}
+    lines = ["| checkpoint | task | init A | init B | A (%) | B (%) | A − B (points, paired) | episodes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (ckpt, way, shot), c in sorted(diffs.items(), key=lambda kv: (kv[0][1] != OTHER_WAY,
+                                                                      CHECKPOINTS.index(Path(kv[0][0]).stem),
+                                                                      kv[0][2])):
+        a, b = rows[(ckpt, way, shot, c["a"])], rows[(ckpt, way, shot, c["b"])]
+        lines.append(f"| {Path(ckpt).stem} | {way}-way {shot}-shot | {c['a']} | {c['b']} | "
+                     f"{100 * a['accuracy']:.2f} ± {100 * a['ci95']:.2f} | {100 * b['accuracy']:.2f} ± "
+                     f"{100 * b['ci95']:.2f} | {100 * c['difference']:+.2f} ± {100 * c['ci95']:.2f} | "
+                     f"{c['episodes']} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--maml-episodes", type=int, default=100,
+                        help="episodes of MAML's 20-way 5-shot cells (about 3 s each on a shared 2-vCPU machine)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the cells of --out whose command is the same (the scores are deterministic)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=list(CHECKPOINTS))
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "any_way.json")
+    parser.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    todo = cells(args.only, args.episodes, args.maml_episodes)
+    kept = []
+    if args.reuse and args.out.exists():
+        done = {r["command"]: r for r in json.loads(args.out.read_text())["results"]}
+        kept = [done[command(c)] for c in todo if command(c) in done]
+        todo = [c for c in todo if command(c) not in done]
+    todo.sort(key=lambda c: -(c["episodes"] * c["way"] * c["shot"] * (8 if "maml" in c["checkpoint"] else 1)))
+    start = time.perf_counter()
+    with get_context("spawn").Pool(args.jobs) as pool:
+        rows = kept + list(pool.imap_unordered(run_cell, todo))
+    import torch
+
+    rows.sort(key=lambda r: (CHECKPOINTS.index(Path(r["checkpoint"]).stem), -r["way"], r["shot"], r["init"]))
+    out = {"machine": machine(), "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
+           "interval": "student_t", "command": "python bench/any_way.py " + " ".join(
+               [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]),
+           "wall_seconds": round(time.perf_counter() - start),
+           "eval_seconds_all_cells": round(sum(r["eval_seconds"] for r in rows)),
+           "comparisons": comparisons(rows), "results": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(table(out))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
