@@ -52,7 +52,8 @@ def omniglot20(data_root, tmp_path_factory):
     return out
 
 
-MAML20_FLOOR = 0.0
+MAML20_FLOOR = 0.85
+"""zoo MAML 5w1s fitted on the 20 classes x 5 drawings: measured 94.33% of the 300 other drawings; chance 5%."""
 
 
 def _accuracy(csv_path: Path) -> float:
@@ -91,7 +92,6 @@ def test_a_5_way_maml_fits_20_classes_with_a_built_head(omniglot20, tmp_path, ca
     assert len(json.loads((out / "config.json").read_text())["classes"]) == 20
     assert main(["predict", str(out), str(omniglot20 / "queries"), "--out", str(tmp_path / "p.csv"),
                  "--no-progress"]) == 0
-    print("MAML20", _accuracy(tmp_path / "p.csv"))
     assert _accuracy(tmp_path / "p.csv") >= MAML20_FLOOR
 
 

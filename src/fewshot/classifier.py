@@ -49,7 +49,7 @@ from fewshot.config import RunConfig
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
 from fewshot.defaults import Choice, choose
-from fewshot.engine.experiment import build_method
+from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
@@ -409,7 +409,8 @@ def from_pretrained(directory: str | Path) -> Classifier:
     classes = config["classes"]
     run = RunConfig.from_dict(config["config"])
     run.train.use_threads()
-    method = build_method(run, len(classes))
+    # a method with an output layer has it at the way it was trained with (train.way; it builds each task's head)
+    method = build_method(run, run.train.way if method_class(run).needs_head else len(classes))
     load_weights(method, {k[7:]: v for k, v in tensors.items() if k.startswith("method.")}, path)
     method = method.to(run.train.torch_device()).eval()
     method.transductive = False

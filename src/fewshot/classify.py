@@ -116,6 +116,8 @@ def load_model_input(model: str | Path, way: int) -> tuple[Method, RunConfig, Im
         spec = None if described is None else ImageInput.from_dict(described)
         head_way = way
         method = build_method(config, head_way)
+        if method_class(config).needs_head:
+            config.train.way = head_way  # the output layer it is built with (a saved classifier rebuilds it so)
     method_cls = method_class(config)
     # MAML, ANIL, Reptile build each task's head (method.head_init); a method that cannot needs the trained way
     if method_cls.needs_head and not method_cls.builds_head and way != head_way:

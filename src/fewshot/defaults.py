@@ -102,8 +102,9 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
                                f"{', '.join(sorted(candidates))}")
         candidates = {method: candidates[method]}
     elif way != 5:  # a model with a fixed 5-way output layer that cannot build another cannot take other classes
-        candidates = {m: f for m, f in candidates.items()
-                      if not (registry.METHODS[m].builder().needs_head and not registry.METHODS[m].builder().builds_head)}
+        fixed = {m for m in candidates if registry.METHODS[m].builder().needs_head
+                 and not registry.METHODS[m].builder().builds_head}
+        candidates = {m: f for m, f in candidates.items() if m not in fixed}
     best = max(candidates, key=lambda m: candidates[m][0])
     accuracy, ci = candidates[best]
     path = zoo_dir() / f"omniglot_5w{cell}s_{best}.safetensors"
