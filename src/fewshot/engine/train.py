@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from fewshot.config import RunConfig, TrainConfig
+from fewshot.config import RunConfig, TrainConfig, upgrade
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -59,6 +59,8 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
         return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * frac))
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** (iteration // cfg.step_size)
+    if cfg.schedule == "inverse":
+        return cfg.lr / (1 + cfg.anneal_alpha * frac) ** cfg.anneal_beta
     return cfg.lr
 
 
@@ -232,7 +234,7 @@ def _check_finite(metrics: dict[str, float], params: list[torch.nn.Parameter], i
 
 
 def _check_same_config(saved: dict, config: RunConfig) -> None:
-    current = config.to_dict()
+    saved, current = upgrade(saved), config.to_dict()
     for section in ("data", "model", "method", "experiment"):
         if saved.get(section) != current.get(section):
             raise FewShotError(f"cannot resume: the checkpoint's {section} config differs from this run's "
