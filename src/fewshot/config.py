@@ -319,7 +319,9 @@ beta``, on unless ``anneal_lr: false``) became the engine's ``inverse`` schedule
 def _upgrade_dann(data: dict[str, Any]) -> dict[str, Any]:
     """A ``dann`` config that names the removed annealing options, with them moved to ``train``: ``anneal_lr:
     true`` (or absent) becomes ``train.schedule: inverse`` with ``train.anneal_alpha`` = ``alpha`` and
-    ``train.anneal_beta`` = ``beta``; ``anneal_lr: false`` just drops them."""
+    ``train.anneal_beta`` = ``beta``; ``anneal_lr: false`` just drops them. (A config that relied on the default
+    ``anneal_lr: true`` without naming any of them cannot be told from today's: it trains at ``train.schedule``'s
+    rate.)"""
     method = data.get("method")
     options = method.get("options") if isinstance(method, dict) and method.get("name") == "dann" else None
     if not isinstance(options, dict) or not any(key in options for key in DANN_ANNEALING):

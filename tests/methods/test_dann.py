@@ -152,8 +152,8 @@ MARGIN = 0.05
 @pytest.fixture(scope="module")
 def short_runs(data_root, tmp_path_factory) -> dict[tuple[str, int], tuple[float, list[float]]]:
     """(mode, seed) -> (USPS test accuracy, the discriminator's accuracy at every step), trained by the engine as
-    ``fewshot train mnist_usps_<mode> train.seed=S train.iterations=1000 train.log_every=1`` (4 runs, about 40 s
-    each on an idle core)."""
+    ``fewshot train mnist_usps_<mode> train.seed=S train.iterations=1000 train.log_every=1`` (the 4 runs took 128 s
+    together on a shared 2-core Xeon, load average 3-6)."""
     threads = torch.get_num_threads()
     runs = {}
     try:
