@@ -138,6 +138,7 @@ def test_paper_optimizer_through_the_engine_and_resume(data_root, tmp_path):
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.safetensors").weights
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
+
 STEPS = 1000
 """Shortened runs: the recipes' settings (SGD, momentum 0.9, mu_0 = 0.01, the paper's lambda and learning-rate
 schedules over the run) with ``train.iterations`` = 1,000 instead of 2,000. Measured (USPS test accuracy, %, source-
