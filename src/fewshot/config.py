@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1
 """Seeds are 0 .. 2^32 - 1 (what every random generator fewshot seeds accepts, with room for per-iteration seeds)."""
-SCHEDULES = ("constant", "linear", "step", "cosine")
+SCHEDULES = ("constant", "linear", "step", "cosine", "inverse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
@@ -59,9 +59,14 @@ class TrainConfig:
     lr_final: float = 0.0
     """End value of the ``linear`` and ``cosine`` schedules."""
     schedule: str = "constant"
+    """How the learning rate moves over training: ``constant``, ``linear``, ``cosine``, ``step`` or ``inverse``."""
     step_size: int = 2000
     """``step`` schedule: multiply the rate by ``gamma`` every ``step_size`` iterations."""
     gamma: float = 0.5
+    anneal_alpha: float = 10.0
+    anneal_beta: float = 0.75
+    """``inverse`` schedule (DANN's, Ganin & Lempitsky 2015): ``lr / (1 + anneal_alpha p) ** anneal_beta`` with
+    training progress ``p = iteration / iterations``; the paper's values are 10 and 0.75."""
     weight_decay: float = 0.0
     momentum: float = 0.0
     """Momentum of the ``sgd`` optimizer (ignored by Adam and AdamW)."""
@@ -126,6 +131,9 @@ class TrainConfig:
                                    + (" (0: off)" if name == "grad_clip" else ""))
         if not self.gamma > 0:
             raise FewShotError(f"train.gamma must be > 0, got {self.gamma}")
+        for name in ("anneal_alpha", "anneal_beta"):
+            if not getattr(self, name) >= 0:
+                raise FewShotError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         check_seed("train.seed", self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise FewShotError(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -303,15 +311,53 @@ component, key) -> the value that keeps an earlier config's behaviour. MAML, Rep
 in one batch (``transductive: true``) before the option existed and the default became per-query scoring."""
 
 
+DANN_ANNEALING = {"anneal_lr": True, "alpha": 10.0, "beta": 0.75}
+"""Options of method ``dann`` removed when its learning-rate annealing (gradients scaled by ``1 / (1 + alpha p) **
+beta``, on unless ``anneal_lr: false``) became the engine's ``inverse`` schedule, with their defaults then."""
+
+
+def _upgrade_dann(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``dann`` config that names the removed annealing options, with them moved to ``train``: ``anneal_lr:
+    true`` (or absent) becomes ``train.schedule: inverse`` with ``train.anneal_alpha`` = ``alpha`` and
+    ``train.anneal_beta`` = ``beta``; ``anneal_lr: false`` just drops them. (A config that relied on the default
+    ``anneal_lr: true`` without naming any of them cannot be told from today's: it trains at ``train.schedule``'s
+    rate.)"""
+    method = data.get("method")
+    options = method.get("options") if isinstance(method, dict) and method.get("name") == "dann" else None
+    if not isinstance(options, dict) or not any(key in options for key in DANN_ANNEALING):
+        return data
+    data = _deep_copy(data)
+    options = data["method"]["options"]
+    anneal_lr, alpha, beta = (options.pop(key, default) for key, default in DANN_ANNEALING.items())
+    if not coerce(bool, anneal_lr, "method.options.anneal_lr"):
+        return data
+    train = data.setdefault("train", {})
+    if not isinstance(train, dict):
+        return data  # from_dict names the error
+    schedule = train.get("schedule", "constant")
+    if schedule not in ("constant", "inverse"):
+        raise FewShotError(f"method.anneal_lr (removed) annealed DANN's gradients on top of train.schedule="
+                           f"{schedule}; that product is not offered any more: use train.schedule: inverse (the "
+                           f"paper's annealing, what anneal_lr did) or drop anneal_lr")
+    train["schedule"] = "inverse"
+    train.setdefault("anneal_alpha", alpha)
+    train.setdefault("anneal_beta", beta)
+    return data
+
+
 def upgrade(data: Any) -> Any:
     """A config written by an earlier fewshot (a checkpoint's, a run folder's, a recipe) in today's keys.
 
     ``kind`` became ``experiment``; the non-episodic kinds' examples per step moved from ``train.meta_batch`` to
     ``train.batch_size``; a cosine head's ``scale`` became ``temperature``; MAML, Reptile and ANIL get
-    ``transductive: true`` unless the config says otherwise (:data:`ADDED_OPTIONS`: what they did then). A config
-    already in today's keys (no ``kind``) comes back unchanged; the caller's mapping is never modified.
+    ``transductive: true`` unless the config says otherwise (:data:`ADDED_OPTIONS`: what they did then); DANN's
+    annealing options move to ``train.schedule: inverse`` (:data:`DANN_ANNEALING`). A config already in today's keys
+    comes back unchanged (the same object); the caller's mapping is never modified.
     """
-    if not isinstance(data, dict) or "kind" not in data:
+    if not isinstance(data, dict):
+        return data
+    data = _upgrade_dann(data)
+    if "kind" not in data:
         return data
     data = _deep_copy(data)
     kind = data.pop("kind")

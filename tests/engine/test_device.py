@@ -146,5 +146,5 @@ def test_engine_trains_checkpoints_and_evaluates_on_a_gpu(data_root, tmp_path):
     cpu = build_experiment(load_config("mnist_usps_dann", ["train.device=cpu", *overrides]), str(data_root))
     cpu.method.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").weights)
     on_cpu = cpu.test()
-    assert on_gpu.accuracy > 0.15  # above chance (0.1); 100 steps on the CPU give 25.8%
+    assert on_gpu.accuracy > 0.15  # above chance (0.1); 100 steps on the CPU give 25.5%
     assert abs(on_gpu.accuracy - on_cpu.accuracy) <= 0.01, (on_gpu, on_cpu)  # same weights, same images

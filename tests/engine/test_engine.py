@@ -178,6 +178,42 @@ def test_lr_schedules():
     assert learning_rate(step, 1999) == 1e-3 and learning_rate(step, 4000) == pytest.approx(2.5e-4)
 
 
+def test_inverse_schedule_is_the_dann_papers():
+    """``inverse``: mu_p = mu_0 / (1 + alpha p) ** beta, p = iteration / iterations (Ganin & Lempitsky 2015)."""
+    from fewshot.config import TrainConfig
+    from fewshot.engine.train import learning_rate
+
+    paper = TrainConfig(iterations=2000, lr=0.01, schedule="inverse")
+    assert (paper.anneal_alpha, paper.anneal_beta) == (10.0, 0.75)
+    assert learning_rate(paper, 0) == 0.01
+    assert learning_rate(paper, 200) == pytest.approx(0.01 / 2 ** 0.75)  # p = 0.1
+    assert learning_rate(paper, 1000) == pytest.approx(0.01 / 6 ** 0.75)  # p = 0.5
+    assert learning_rate(paper, 2000) == pytest.approx(0.01 / 11 ** 0.75)  # p = 1
+    assert learning_rate(paper, 2000) == pytest.approx(0.0016556, rel=1e-4)
+    rates = [learning_rate(paper, it) for it in range(0, 2001, 100)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    other = TrainConfig(iterations=100, lr=1.0, schedule="inverse", anneal_alpha=3.0, anneal_beta=0.5)
+    assert learning_rate(other, 100) == pytest.approx(0.5)
+    assert learning_rate(other, 25) == pytest.approx(1 / 1.75 ** 0.5)
+    flat = TrainConfig(iterations=100, lr=0.1, schedule="inverse", anneal_alpha=0.0)
+    assert learning_rate(flat, 73) == 0.1
+    for key in ("anneal_alpha", "anneal_beta"):
+        with pytest.raises(FewShotError, match=f"train.{key} must be >= 0"):
+            TrainConfig(schedule="inverse", **{key: -0.5})
+    with pytest.raises(FewShotError, match="train.schedule must be one of"):
+        TrainConfig(schedule="dann")
+
+
+def test_sgd_gets_its_momentum():
+    from fewshot.config import TrainConfig
+    from fewshot.engine.train import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    assert make_optimizer(params, TrainConfig(optimizer="sgd")).param_groups[0]["momentum"] == 0.0
+
+
 def test_unreadable_recipe_and_unknown_names(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")

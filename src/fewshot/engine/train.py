@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fewshot.config import RunConfig, TrainConfig
+from fewshot.config import RunConfig, TrainConfig, upgrade
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -69,6 +69,8 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
         return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * frac))
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** (iteration // cfg.step_size)
+    if cfg.schedule == "inverse":
+        return cfg.lr / (1 + cfg.anneal_alpha * frac) ** cfg.anneal_beta
     return cfg.lr
 
 

@@ -8,16 +8,23 @@ fool it. The paper's schedules, with training progress ``p`` in [0, 1]:
 
 * ``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` with ``gamma = 10`` (0 at the start, suppressing the noisy early domain
   signal, -> 1);
-* ``mu_p = mu_0 / (1 + alpha p) ** beta`` with ``alpha = 10``, ``beta = 0.75``. The engine owns the optimizer and
-  its learning rate (``train.lr`` = ``mu_0``), so the factor ``1 / (1 + alpha p) ** beta`` is applied to the
-  gradients instead. With plain SGD (the shipped recipes) that is exactly the paper's schedule; with
-  ``train.momentum=0.9`` (the paper's) it differs only by the momentum buffer's ~10-step lag, over which the factor
-  changes by < 1%.
+* ``mu_p = mu_0 / (1 + alpha p) ** beta`` with ``alpha = 10``, ``beta = 0.75``: the learning rate, which the engine
+  owns. ``train.schedule: inverse`` sets the optimizer's rate to ``train.lr / (1 + train.anneal_alpha p) **
+  train.anneal_beta`` before every step (:func:`fewshot.engine.train.learning_rate`, with the same ``p = iteration
+  / train.iterations`` as ``lambda_p``), whatever the optimizer, so SGD with momentum (``train.momentum``; the
+  paper's 0.9) follows the paper's schedule exactly. This method does not rescale the gradients.
 
-Modes (``mode``): ``dann``; ``source_only`` (same network and data, ``lambda = 0``: the discriminator still trains on
-detached features, as a monitor of how separable the domains are, but never influences ``G_f``); ``target_only``
-(the oracle: labels of the target training half, no source labels). ``target_shots: K`` adds K labelled target
-examples per class to the label loss (the few-shot variant); ``-1`` uses every target training label.
+The ``mnist_usps_*`` recipes use the paper's optimizer: SGD, momentum 0.9, ``mu_0 = 0.01``, the ``inverse`` schedule
+with ``alpha = 10``, ``beta = 0.75``. This method used to scale its gradients by ``1 / (1 + alpha p) ** beta`` itself
+(method options ``anneal_lr``, default on, ``alpha``, ``beta``): a config that names those options loads with them
+moved to the ``train`` keys (:func:`fewshot.config.upgrade`); one that relied on the default without naming them
+now trains at ``train.schedule``'s rate (``constant`` unless set): add ``train.schedule: inverse`` to anneal.
+
+Modes (``mode``): ``dann``; ``source_only`` (same network and data, ``lambda = 0``: the discriminator still
+trains on the features, as a monitor of how separable the domains are, but the reversal layer sends zero gradient
+back to ``G_f``); ``target_only`` (the oracle: labels of the target training half, no source labels).
+``target_shots: K`` adds K labelled target examples per class to the label loss (the few-shot variant); ``-1`` uses
+every target training label.
 """
 
 from __future__ import annotations
@@ -61,11 +68,6 @@ def lambda_schedule(progress: float, gamma: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0
 
 
-def lr_factor(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """The paper's learning-rate annealing factor ``1 / (1 + alpha p) ** beta``."""
-    return 1.0 / (1.0 + alpha * progress) ** beta
-
-
 @dataclass
 class DANNConfig:
     mode: str = "dann"
@@ -75,9 +77,6 @@ class DANNConfig:
     hidden: int = 100
     gamma: float = 10.0
     lambda_max: float = 1.0
-    anneal_lr: bool = True
-    alpha: float = 10.0
-    beta: float = 0.75
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -149,15 +148,10 @@ class DANN(Method):
         domain_y = torch.cat([torch.zeros(ns), torch.ones(nt)]).to(domain_logits.device)
         domain_loss = F.binary_cross_entropy_with_logits(domain_logits, domain_y)
         (label_loss + domain_loss).backward()
-        factor = lr_factor(p, cfg.alpha, cfg.beta) if cfg.anneal_lr else 1.0
-        if factor != 1.0:
-            for param in self.parameters():
-                if param.grad is not None:
-                    param.grad.mul_(factor)
         domain_acc = ((domain_logits > 0).float() == domain_y).float().mean().item()
         return {"loss": label_loss.item() + domain_loss.item(), "label_loss": label_loss.item(),
                 "domain_loss": domain_loss.item(), "accuracy": accuracy(class_logits, label_y),
-                "domain_accuracy": domain_acc, "lambda": lambd, "lr_factor": factor}
+                "domain_accuracy": domain_acc, "lambda": lambd}
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> CosineMeansPredictor:
         """For N-way episodes: cosine nearest class mean on the (domain-invariant) features."""
