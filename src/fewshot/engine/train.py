@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fewshot.config import RunConfig, TrainConfig, upgrade
+from fewshot.config import RunConfig, TrainConfig
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
