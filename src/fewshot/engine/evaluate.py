@@ -139,9 +139,14 @@ def evaluate(
                 scores += [s for s, _ in new]
                 per_task = seconds / math.ceil(count / shards.processes)
                 if record is not None and main:
-                    if kept is not None:  # first, so that a record never has more episodes than its predictions
-                        kept += [p for _, p in new]
-                        write_predictions(record.path, record.identity, kept, dataset.class_names)
+                    if kept is not None and not record.unwritable:  # first: a record never has more episodes
+                        kept += [p for _, p in new]                   # than its predictions
+                        try:
+                            write_predictions(record.path, record.identity, kept, dataset.class_names)
+                        except OSError as exc:  # read-only run folder, full disk: as the record itself, a warning
+                            kept = None
+                            print(f"fewshot: warning: cannot keep the predictions beside {record.path}: "
+                                  f"{exc.strerror or exc}; scoring goes on without them", file=sys.stderr)
                     record.write(scores)
                 if bar is not None:
                     bar.update(count)

@@ -25,8 +25,8 @@ except ImportError:  # not POSIX: no lock
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".fewshot-lock"
-RUN_FILES = {"config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "report.md", "test.json", "checkpoints",
-             "tensorboard", LOCK}
+RUN_FILES = {"config.yaml", "metrics.jsonl", "metrics.csv", "curves.png", "report.md", "report.html", "test.json",
+             "checkpoints", "tensorboard", LOCK}
 """What fewshot writes at the top of a run folder."""
 _TEMPORARY = re.compile(r".+\.tmp\d+$")
 """A temporary file of :func:`fewshot.io.atomic_write` that a killed process left."""
