@@ -5,7 +5,7 @@ BIN       := $(VENV)/bin
 export FEWSHOT_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-quick lint bench clean
+.PHONY: setup demo test test-all lint bench clean
 
 $(BIN)/fewshot: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,11 @@ demo: setup  ## meta-train first-order MAML on Omniglot 5-way 1-shot (a few minu
 	$(BIN)/fewshot train omniglot_5w1s_fomaml train.iterations=600 train.val_every=200 train.val_episodes=100 \
 		--out runs/demo_omniglot_5w1s_fomaml $(if $(wildcard runs/demo_omniglot_5w1s_fomaml/checkpoints/last.safetensors),--resume)
 
-test: setup  ## every test, the slow real-data ones included (each guards a published figure or claim)
-	$(BIN)/python -m pytest -q
-
-test-quick: setup  ## for development: the suite without the tests marked slow
+test: setup  ## the whole suite except tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup  ## every test, the slow real-data ones included
+	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
