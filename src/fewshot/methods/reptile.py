@@ -16,6 +16,16 @@ a task's queries in one batch, batch statistics over the query batch, as the pap
 in its tables, and in the reproduction recipes). Configs written before the option existed (the shipped ``zoo/``
 checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
 
+Adam's state between tasks, per ``adam_state``: ``"task"`` (the default, and what configs written before the option
+existed did, the shipped ``zoo/`` checkpoint among them) starts every task, training and test alike, with a fresh
+Adam; ``"shared"`` is what the paper's code does (openai/supervised-reptile resets only the trainable variables
+before a task): one second-moment estimate and step count run on from task to task and across meta-iterations, the
+tasks of a meta-batch trained one after the other, and a test task adapts from a copy of that state, which is then
+dropped (its authors: "Reptile benefits from the Adam second moment estimate", openai/supervised-reptile#28). The
+state is kept in buffers of the method, so checkpoints carry it and a resumed run continues exactly. ``"shared"``
+trains tasks one at a time (the task-batched path does not apply: each task starts from the state the previous one
+left) and cannot split a meta-batch over the processes of a distributed run.
+
 While meta-training, each task's inner mini-batches are drawn from its own generator, seeded by the episode's
 ``seeds[t]`` (a function of the run seed, the iteration and the task's place in the batch) mixed with one number drawn
 from torch's global random state per step (so the draws still follow the global seed, and a resumed run replays
@@ -40,6 +50,7 @@ from fewshot.models.base import batches_tasks, each_query_with_support, require_
 
 QUERY_CHUNK = 8
 """Tasks per no-grad query forward on the fast path (bounds its memory)."""
+ADAM_STATES = ("task", "shared")
 
 
 @dataclass
@@ -53,6 +64,9 @@ class ReptileConfig:
     adam_beta2: float = 0.999
     reference: bool = False
     """Train the tasks one by one with ``torch.optim.Adam`` instead of all at once (same results, slower)."""
+    adam_state: str = "task"
+    """``"task"``: a fresh Adam for every task; ``"shared"``: Adam's second moment and step count carry over from task
+    to task and into test-time adaptation (a copy), as the paper's code."""
     transductive: bool = False
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
@@ -63,6 +77,8 @@ class ReptileConfig:
                 raise FewShotError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.inner_lr > 0:
             raise FewShotError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.adam_state not in ADAM_STATES:
+            raise FewShotError(f"adam_state must be one of {ADAM_STATES}, got {self.adam_state!r}")
 
 
 def task_generators(episode: Episode) -> list[torch.Generator] | None:
@@ -84,10 +100,23 @@ class Reptile(Method):
         self.model = model
         self.config = config or ReptileConfig()
         self.transductive = self.config.transductive
+        self.shared_state = self.config.adam_state == "shared"
+        if self.shared_state:  # buffers: in checkpoints, on the method's device
+            self.register_buffer("adam_step", torch.zeros((), dtype=torch.float32))
+            for i, p in enumerate(model.meta_parameters()):
+                self.register_buffer(f"adam_second_{i}", torch.zeros_like(p, memory_format=torch.preserve_format))
+
+    def adam_state(self) -> dict[str, torch.Tensor | list[torch.Tensor]] | None:
+        """The shared Adam state (step count, second moments; the buffers themselves), ``None`` when per task."""
+        if not self.shared_state:
+            return None
+        count = len(self.model.meta_parameters())
+        return {"step": self.adam_step, "second": [getattr(self, f"adam_second_{i}") for i in range(count)]}
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
-        return not self.config.reference and batches_tasks(self.model) and isinstance(x, torch.Tensor)
+        return (not self.config.reference and not self.shared_state and batches_tasks(self.model)
+                and isinstance(x, torch.Tensor))
 
     @staticmethod
     def schedule(size: int, steps: int, batch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -142,11 +171,20 @@ class Reptile(Method):
         return fast, losses
 
     def train_task(self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int,
-                   generator: torch.Generator | None = None) -> tuple[list[torch.Tensor], float]:
+                   generator: torch.Generator | None = None,
+                   keep_state: bool = False) -> tuple[list[torch.Tensor], float]:
         """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)`` (drawn from ``generator``, else
-        from torch's global random state); returns the task weights."""
+        from torch's global random state); returns the task weights.
+
+        With ``adam_state: shared`` Adam starts from the shared state (a copy), which the task's state then replaces
+        when ``keep_state`` (meta-training); else it starts fresh."""
         fast = [p.detach().clone().requires_grad_() for p in self.model.meta_parameters()]
         optimizer = torch.optim.Adam(fast, lr=self.config.inner_lr, betas=(0.0, self.config.adam_beta2))
+        shared = self.adam_state()
+        if shared is not None:
+            for f, second in zip(fast, shared["second"], strict=True):
+                optimizer.state[f] = {"step": shared["step"].detach().clone(), "exp_avg": torch.zeros_like(f),
+                                      "exp_avg_sq": second.detach().clone()}
         order = torch.randperm(len(y), generator=generator)
         position, loss = 0, torch.zeros(())
         with torch.enable_grad():
@@ -159,6 +197,11 @@ class Reptile(Method):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        if shared is not None and keep_state:
+            with torch.no_grad():
+                shared["step"].copy_(optimizer.state[fast[0]]["step"])
+                for f, second in zip(fast, shared["second"], strict=True):
+                    second.copy_(optimizer.state[f]["exp_avg_sq"])
         return [p.detach() for p in fast], float(loss.detach())
 
     def training_gradient(self, episode: Episode) -> dict[str, float]:
@@ -182,7 +225,12 @@ class Reptile(Method):
         return {"loss": losses.mean().item(), "accuracy": accuracy_sum / tasks}
 
     def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
-        """The plain implementation: tasks one at a time with ``torch.optim.Adam``."""
+        """The plain implementation: tasks one at a time with ``torch.optim.Adam`` (with ``adam_state: shared``, each
+        task's Adam continuing from the state the previous task left)."""
+        if self.shared_state and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise FewShotError("Reptile with adam_state: shared trains a meta-batch's tasks one after the other, "
+                               "so it cannot split them over processes; train it in one process")
         params = self.model.meta_parameters()
         tasks = episode.num_tasks
         deltas = [torch.zeros_like(p) for p in params]
@@ -190,7 +238,8 @@ class Reptile(Method):
         generators = task_generators(episode) or [None] * tasks
         for t in range(tasks):
             x, y = episode.support_x[t], episode.support_y[t]
-            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t])
+            fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t],
+                                         keep_state=True)
             for d, p, f in zip(deltas, params, fast, strict=True):
                 d.add_(p.detach() - f, alpha=1 / tasks)
             total_loss += loss
