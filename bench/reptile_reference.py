@@ -62,8 +62,12 @@ def task_generators(seeds: torch.Tensor) -> list[torch.Generator]:
 
 class PlainReptile:
     def __init__(self, params: list[torch.Tensor], adam_state: str = "shared", inner_lr: float = 1e-3,
-                 inner_steps: int = 5, inner_batch: int = 10, test_steps: int = 50, test_batch: int = 5) -> None:
-        assert adam_state in ("task", "shared")
+                 inner_steps: int = 5, inner_batch: int = 10, test_steps: int = 50, test_batch: int = 5,
+                 reduction: str = "sum") -> None:
+        """``reduction``: the inner loss over a mini-batch; ``"sum"`` as OpenAI's code (TensorFlow's ``minimize`` of
+        the vector of per-example losses differentiates their sum)."""
+        assert adam_state in ("task", "shared") and reduction in ("sum", "mean")
+        self.reduction = reduction
         self.theta = [p.detach().clone() for p in params]
         self.fast = [p.clone().requires_grad_() for p in self.theta]
         self.adam_state, self.inner_lr = adam_state, inner_lr
@@ -80,7 +84,7 @@ class PlainReptile:
             for f, p in zip(self.fast, self.theta, strict=True):
                 f.copy_(p)
         for pick in mini_batches(len(y), batch, steps, generator):
-            loss = F.cross_entropy(conv4_forward(self.fast, x[pick]), y[pick])
+            loss = F.cross_entropy(conv4_forward(self.fast, x[pick]), y[pick], reduction=self.reduction)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -125,7 +129,8 @@ def curve(args: argparse.Namespace) -> dict:
         model = Conv4(5, variant="strided", pool="flatten")
         shared = {"adam_state": "shared"} if arm == "fewshot_shared" else {}
         ours = None if arm.startswith("plain") else Reptile(model, ReptileConfig(transductive=True, **shared))
-        plain = PlainReptile(model.meta_parameters(), "shared" if arm == "plain_shared" else "task")
+        plain = PlainReptile(model.meta_parameters(), "shared" if arm == "plain_shared" else "task",
+                             reduction="sum" if arm == "plain_shared" else "mean")
         torch.manual_seed(0)
         points, began, trained = [], time.perf_counter(), 0.0
         for it in range(args.iterations + 1):

@@ -20,7 +20,8 @@ def _pair(adam_state: str, reference: bool = False) -> tuple[Reptile, PlainRepti
     torch.manual_seed(3)
     model = Conv4(5, variant="strided", pool="flatten").double()
     ours = Reptile(model, ReptileConfig(**PAPER, adam_state=adam_state, reference=reference, transductive=True))
-    plain = PlainReptile(model.meta_parameters(), adam_state)
+    # the inner loss: shared, summed over the mini-batch as the paper's code; per task, the mean (as before)
+    plain = PlainReptile(model.meta_parameters(), adam_state, reduction="sum" if adam_state == "shared" else "mean")
     return ours, plain, torch.optim.SGD(model.meta_parameters(), lr=1.0)  # the recipe's outer optimizer
 
 

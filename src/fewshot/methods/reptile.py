@@ -24,7 +24,10 @@ tasks of a meta-batch trained one after the other, and a test task adapts from a
 dropped (its authors: "Reptile benefits from the Adam second moment estimate", openai/supervised-reptile#28). The
 state is kept in buffers of the method, so checkpoints carry it and a resumed run continues exactly. ``"shared"``
 trains tasks one at a time (the task-batched path does not apply: each task starts from the state the previous one
-left) and cannot split a meta-batch over the processes of a distributed run.
+left) and cannot split a meta-batch over the processes of a distributed run. It also takes the paper's code's inner
+loss, the sum over the mini-batch (TensorFlow's ``minimize`` of the per-example losses) rather than the mean: Adam
+does not see the difference within a task, but with the state carried over, test-time steps on a smaller batch (5
+support examples against 10 while training, at 5-way 1-shot) are smaller relative to the second moment, as there.
 
 While meta-training, each task's inner mini-batches are drawn from its own generator, seeded by the episode's
 ``seeds[t]`` (a function of the run seed, the iteration and the task's place in the batch) mixed with one number drawn
@@ -181,6 +184,7 @@ class Reptile(Method):
         fast = [p.detach().clone().requires_grad_() for p in self.model.meta_parameters()]
         optimizer = torch.optim.Adam(fast, lr=self.config.inner_lr, betas=(0.0, self.config.adam_beta2))
         shared = self.adam_state()
+        reduction = "mean" if shared is None else "sum"  # shared: the summed loss, see the module's docstring
         if shared is not None:
             for f, second in zip(fast, shared["second"], strict=True):
                 optimizer.state[f] = {"step": shared["step"].detach().clone(), "exp_avg": torch.zeros_like(f),
@@ -193,10 +197,12 @@ class Reptile(Method):
                     order, position = torch.randperm(len(y), generator=generator), 0
                 pick = order[position : position + batch]
                 position += batch
-                loss = F.cross_entropy(self.model(x[pick], fast), y[pick])
+                loss = F.cross_entropy(self.model(x[pick], fast), y[pick], reduction=reduction)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        if shared is not None:
+            loss = loss / len(pick)  # report the mean
         if shared is not None and keep_state:
             with torch.no_grad():
                 shared["step"].copy_(optimizer.state[fast[0]]["step"])
