@@ -4,10 +4,11 @@ Each task trains a copy of the weights with Adam (beta1 = 0, as the paper) on mi
 meta-gradient is ``theta - mean(phi)``, so the outer SGD step with learning rate ``epsilon`` is exactly Reptile's
 ``theta += epsilon * (mean(phi) - theta)`` (anneal ``epsilon`` with the engine's linear schedule, as the paper).
 
-When the model offers the task-batched capability (:class:`fewshot.models.base.TaskBatched`, as Conv-4 does) the
-tasks of a meta-batch train together (each with its own weights and batch-norm statistics, Adam batched over tasks),
-on exactly the mini-batches the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to
-float tolerance). The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
+When the model offers the task-batched capability (:class:`fewshot.models.base.TaskBatched`, as Conv-4 does) and
+each task has its own Adam (``adam_state: task``), the tasks of a meta-batch train together (each with its own
+weights and batch-norm statistics, Adam batched over tasks), on exactly the mini-batches the per-task loop draws;
+``reference=True`` keeps the per-task loop (same results to float tolerance). The model must offer the functional
+forward of :class:`fewshot.models.base.Functional`.
 
 Queries at test time (``adapt``'s predictor and ``predict``; training is the same either way), per ``transductive``:
 ``false`` (the default) scores each query in a batch of its own, the support set followed by that query, so that its
