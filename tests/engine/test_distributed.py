@@ -44,7 +44,8 @@ COMMON = ["train.iterations=2", "train.val_episodes=0", "train.threads=1", "trai
 CONV = ["model.hidden=16"]
 MAML = [*CONV, "train.meta_batch=4", "train.query=2"]
 REPTILE = [*CONV, "train.meta_batch=3", "train.shot=5", "method.inner_steps=2", "method.inner_batch=5",
-           "train.lr=1.0"]  # meta_batch 3: unequal shares (2 + 1 tasks)
+           "train.lr=1.0", "method.adam_state=task"]  # meta_batch 3: unequal shares (2 + 1 tasks); a fresh Adam per
+# task (the recipe's shared Adam state trains the tasks one after the other, so it does not split over processes)
 PROTONET = [*CONV, "train.way=5", "train.meta_batch=2", "train.query=3"]
 
 

@@ -4,10 +4,11 @@ Each task trains a copy of the weights with Adam (beta1 = 0, as the paper) on mi
 meta-gradient is ``theta - mean(phi)``, so the outer SGD step with learning rate ``epsilon`` is exactly Reptile's
 ``theta += epsilon * (mean(phi) - theta)`` (anneal ``epsilon`` with the engine's linear schedule, as the paper).
 
-When the model offers the task-batched capability (:class:`fewshot.models.base.TaskBatched`, as Conv-4 does) the
-tasks of a meta-batch train together (each with its own weights and batch-norm statistics, Adam batched over tasks),
-on exactly the mini-batches the per-task loop draws; ``reference=True`` keeps the per-task loop (same results to
-float tolerance). The model must offer the functional forward of :class:`fewshot.models.base.Functional`.
+When the model offers the task-batched capability (:class:`fewshot.models.base.TaskBatched`, as Conv-4 does) and
+each task has its own Adam (``adam_state: task``), the tasks of a meta-batch train together (each with its own
+weights and batch-norm statistics, Adam batched over tasks), on exactly the mini-batches the per-task loop draws;
+``reference=True`` keeps the per-task loop (same results to float tolerance). The model must offer the functional
+forward of :class:`fewshot.models.base.Functional`.
 
 Queries at test time (``adapt``'s predictor and ``predict``; training is the same either way), per ``transductive``:
 ``false`` (the default) scores each query in a batch of its own, the support set followed by that query, so that its
@@ -15,6 +16,19 @@ answer does not depend on the other queries (:func:`fewshot.models.base.each_que
 a task's queries in one batch, batch statistics over the query batch, as the paper's code evaluates ("transductive"
 in its tables, and in the reproduction recipes). Configs written before the option existed (the shipped ``zoo/``
 checkpoints) read as ``true`` (:func:`fewshot.config.upgrade`).
+
+Adam's state between tasks, per ``adam_state``: ``"task"`` (the default, and what configs written before the option
+existed did, the shipped ``zoo/`` checkpoint among them) starts every task, training and test alike, with a fresh
+Adam; ``"shared"`` is what the paper's code does (openai/supervised-reptile resets only the trainable variables
+before a task): one second-moment estimate and step count run on from task to task and across meta-iterations, the
+tasks of a meta-batch trained one after the other, and a test task adapts from a copy of that state, which is then
+dropped (its authors: "Reptile benefits from the Adam second moment estimate", openai/supervised-reptile#28). The
+state is kept in buffers of the method, so checkpoints carry it and a resumed run continues exactly. ``"shared"``
+trains tasks one at a time (the task-batched path does not apply: each task starts from the state the previous one
+left) and cannot split a meta-batch over the processes of a distributed run. It also takes the paper's code's inner
+loss, the sum over the mini-batch (TensorFlow's ``minimize`` of the per-example losses) rather than the mean: Adam
+does not see the difference within a task, but with the state carried over, test-time steps on a smaller batch (5
+support examples against 10 while training, at 5-way 1-shot) are smaller relative to the second moment, as there.
 
 While meta-training, each task's inner mini-batches are drawn from its own generator, seeded by the episode's
 ``seeds[t]`` (a function of the run seed, the iteration and the task's place in the batch) mixed with one number drawn
@@ -56,6 +70,7 @@ from fewshot.models.base import batches_tasks, each_query_with_support, require_
 
 QUERY_CHUNK = 8
 """Tasks per no-grad query forward on the fast path (bounds its memory)."""
+ADAM_STATES = ("task", "shared")
 
 
 @dataclass
@@ -69,6 +84,9 @@ class ReptileConfig:
     adam_beta2: float = 0.999
     reference: bool = False
     """Train the tasks one by one with ``torch.optim.Adam`` instead of all at once (same results, slower)."""
+    adam_state: str = "task"
+    """``"task"``: a fresh Adam for every task; ``"shared"``: Adam's second moment and step count carry over from task
+    to task and into test-time adaptation (a copy), as the paper's code."""
     transductive: bool = False
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
@@ -83,6 +101,8 @@ class ReptileConfig:
                 raise FewShotError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.inner_lr > 0:
             raise FewShotError(f"inner_lr must be > 0, got {self.inner_lr}")
+        if self.adam_state not in ADAM_STATES:
+            raise FewShotError(f"adam_state must be one of {ADAM_STATES}, got {self.adam_state!r}")
 
 
 def task_generators(episode: Episode) -> list[torch.Generator] | None:
@@ -105,10 +125,23 @@ class Reptile(Method):
         self.model = model
         self.config = config or ReptileConfig()
         self.transductive = self.config.transductive
+        self.shared_state = self.config.adam_state == "shared"
+        if self.shared_state:  # buffers: in checkpoints, on the method's device
+            self.register_buffer("adam_step", torch.zeros((), dtype=torch.float32))
+            for i, p in enumerate(model.meta_parameters()):
+                self.register_buffer(f"adam_second_{i}", torch.zeros_like(p, memory_format=torch.preserve_format))
+
+    def adam_state(self) -> dict[str, torch.Tensor | list[torch.Tensor]] | None:
+        """The shared Adam state (step count, second moments; the buffers themselves), ``None`` when per task."""
+        if not self.shared_state:
+            return None
+        count = len(self.model.meta_parameters())
+        return {"step": self.adam_step, "second": [getattr(self, f"adam_second_{i}") for i in range(count)]}
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
-        return not self.config.reference and batches_tasks(self.model) and isinstance(x, torch.Tensor)
+        return (not self.config.reference and not self.shared_state and batches_tasks(self.model)
+                and isinstance(x, torch.Tensor))
 
     def task_start(self, x: torch.Tensor, y: torch.Tensor, way: int,
                    batched: bool = False) -> tuple[list[torch.Tensor], bool] | None:
@@ -189,15 +222,26 @@ class Reptile(Method):
 
     def train_task(
         self, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, generator: torch.Generator | None = None,
-        way: int | None = None,
+        way: int | None = None, keep_state: bool = False,
     ) -> tuple[list[torch.Tensor], float]:
         """Adam (beta1 = 0) from the current weights on mini-batches of ``(x, y)`` (drawn from ``generator``, else
         from torch's global random state); returns the task weights. ``way`` (the task's way) starts from the head
-        ``head_init`` says; ``None``: from the trained weights."""
+        ``head_init`` says; ``None``: from the trained weights.
+
+        With ``adam_state: shared`` Adam starts from the shared state (a copy; a built head of another shape starts
+        with a zero second moment), which the task's state then replaces when ``keep_state`` (meta-training); else it
+        starts fresh."""
         start = self.task_start(x, y, way) if way is not None else None
         params = start[0] if start is not None else self.model.meta_parameters()
         fast = [p.detach().clone().requires_grad_() for p in params]
         optimizer = torch.optim.Adam(fast, lr=self.config.inner_lr, betas=(0.0, self.config.adam_beta2))
+        shared = self.adam_state()
+        reduction = "mean" if shared is None else "sum"  # shared: the summed loss, see the module's docstring
+        if shared is not None:
+            for f, second in zip(fast, shared["second"], strict=True):
+                optimizer.state[f] = {"step": shared["step"].detach().clone(), "exp_avg": torch.zeros_like(f),
+                                      "exp_avg_sq": second.detach().clone() if second.shape == f.shape
+                                      else torch.zeros_like(f)}
         order = torch.randperm(len(y), generator=generator)
         position, loss = 0, torch.zeros(())
         with torch.enable_grad():
@@ -206,10 +250,18 @@ class Reptile(Method):
                     order, position = torch.randperm(len(y), generator=generator), 0
                 pick = order[position : position + batch]
                 position += batch
-                loss = F.cross_entropy(self.model(x[pick], fast), y[pick])
+                loss = F.cross_entropy(self.model(x[pick], fast), y[pick], reduction=reduction)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+        if shared is not None:
+            loss = loss / len(pick)  # report the mean
+        if shared is not None and keep_state:
+            with torch.no_grad():
+                shared["step"].copy_(optimizer.state[fast[0]]["step"])
+                for f, second in zip(fast, shared["second"], strict=True):
+                    if second.shape == f.shape:  # a built head of another way keeps no state
+                        second.copy_(optimizer.state[f]["exp_avg_sq"])
         return [p.detach() for p in fast], float(loss.detach())
 
     def training_gradient(self, episode: Episode) -> dict[str, float]:
@@ -233,7 +285,12 @@ class Reptile(Method):
         return {"loss": losses.mean().item(), "accuracy": accuracy_sum / tasks}
 
     def meta_gradient_reference(self, episode: Episode) -> dict[str, float]:
-        """The plain implementation: tasks one at a time with ``torch.optim.Adam``."""
+        """The plain implementation: tasks one at a time with ``torch.optim.Adam`` (with ``adam_state: shared``, each
+        task's Adam continuing from the state the previous task left)."""
+        if self.shared_state and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise FewShotError("Reptile with adam_state: shared trains a meta-batch's tasks one after the other, "
+                               "so it cannot split them over processes; train it in one process")
         params = self.model.meta_parameters()
         tasks = episode.num_tasks
         deltas = [torch.zeros_like(p) for p in params]
@@ -242,7 +299,7 @@ class Reptile(Method):
         for t in range(tasks):
             x, y = episode.support_x[t], episode.support_y[t]
             fast, loss = self.train_task(x, y, self.config.inner_steps, self.config.inner_batch, generators[t],
-                                         episode.way)
+                                         episode.way, keep_state=True)
             for d, p, f in zip(deltas[: self._updated(episode.way)], params, fast, strict=False):
                 d.add_(p.detach() - f, alpha=1 / tasks)
             total_loss += loss
