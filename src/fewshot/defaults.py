@@ -29,11 +29,13 @@ IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
     ("anil", 1): (95.16, 0.42), ("metaoptnet", 1): (97.21, 0.30),
     ("protonet", 5): (98.31, 0.18), ("maml", 5): (92.48, 0.36), ("anil", 5): (93.68, 0.39),
     ("metaoptnet", 5): (98.87, 0.14), ("baseline_conv4", 1): (88.82, 0.64), ("baseline_conv4", 5): (96.78, 0.24),
+    ("reptile_shared", 1): (91.25, 0.53),
 }
 """``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint, keyed by the zoo
 name's model part (``zoo/omniglot_5w{shots}s_{model}.safetensors``)."""
-ZOO_METHODS = {"baseline_conv4": "features"}
-"""The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression)."""
+ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile"}
+"""The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression;
+Reptile with the paper code's shared Adam state)."""
 
 TEXT_DATASETS = ("CLINC150", "BANKING77", "HWU64")
 TEXT_FIGURES: dict[tuple[str, int], tuple[float, float, float]] = {
