@@ -2,6 +2,7 @@
 side by side on real Omniglot tasks: same tasks, same initial weights, same inner mini-batches."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from fewshot.data.tasks import TaskSampler
 from fewshot.methods.reptile import Reptile, ReptileConfig
 from fewshot.models.conv4 import Conv4
 
-sys.path.insert(0, str(__import__("conftest").REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: bench/
 from bench.reptile_reference import PlainReptile, task_generators  # noqa: E402
 
 PAPER = dict(inner_steps=5, inner_batch=10, inner_lr=1e-3, test_inner_steps=50, test_inner_batch=5)
