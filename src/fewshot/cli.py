@@ -84,6 +84,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"fewshot: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _support_options(p: argparse.ArgumentParser) -> None:
+    """How a support set is read (``classify`` and ``fit``): text columns, and the polarity of images."""
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="for models trained on bright strokes on a dark background (Omniglot, MNIST): invert "
+                        "dark-on-light images (auto: when the support looks so)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="fewshot", description="Meta-learning and transfer learning from very few labelled examples.",
@@ -168,11 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queries", nargs="*", help="image paths / folders, or sentences")
     p.add_argument("--queries-csv", type=Path,
                    help="read text queries from this CSV's (or .tsv / .jsonl file's) text column")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                   help="for models trained on bright strokes on a dark background (Omniglot, MNIST): invert "
-                        "dark-on-light images (auto: when the support looks so)")
+    _support_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per query")
     p.set_defaults(func=cmd_classify)
 
@@ -188,11 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="run folder, .safetensors checkpoint (zoo/...), or a pretrained recipe")
     p.add_argument("--method", help="without --model: the best default model of this method (e.g. protonet, "
                                     "metaoptnet for images; features, finetune, setfit for text)")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
-                   help="images, for models trained on bright strokes on a dark background: invert dark-on-light "
-                        "images (auto: when the support looks so)")
+    _support_options(p)
     p.add_argument("--force", action="store_true", help="replace a classifier already in --out")
     p.set_defaults(func=cmd_fit)
 

@@ -107,12 +107,14 @@ def read_csv(
     return header, body
 
 
-def _column(path: Path, header: list[str], column: str, role: str) -> int:
+def find_column(path: Path, header: list[str], column: str, role: str, hint: str = "") -> int:
+    """The index of the one column of ``header`` named ``column`` (the file's ``role`` column); a clear error when
+    there is none (``hint``: how to name another) or more than one."""
     wanted = column.strip()
     where = [i for i, h in enumerate(header) if h == wanted]
     if not where:
         raise FewShotError(f"{path} has no {role} column {column!r}; its columns are "
-                           f"{', '.join(repr(h) for h in header)}")
+                           f"{', '.join(repr(h) for h in header)}{hint}")
     if len(where) > 1:
         raise FewShotError(f"{path}: columns {' and '.join(str(i + 1) for i in where)} are both named {wanted!r}; "
                            f"rename one so that the {role} column is clear")
@@ -140,8 +142,8 @@ def _check_swallowed(path: Path, rows: list[Row], text_at: int, label_at: int, l
 
 def _pairs_from_csv(path: Path, text_column: str, label_column: str, delimiter: str) -> list[tuple[int, str, str]]:
     header, rows = read_csv(path, delimiter)
-    text_at = _column(path, header, text_column, "text")
-    label_at = _column(path, header, label_column, "label")
+    text_at = find_column(path, header, text_column, "text")
+    label_at = find_column(path, header, label_column, "label")
     if text_at == label_at:
         raise FewShotError(f"the text and label columns are the same column {header[text_at]!r}")
     labels = {row.fields[label_at].strip() for row in rows} - {""}
@@ -236,7 +238,7 @@ def load_text_column(path: str | os.PathLike, column: str = "text", delimiter: s
     if path.suffix.lower() == ".jsonl":
         return [t.strip() for _, t, _ in _pairs_from_jsonl(path, column, column) if t.strip()]
     header, rows = read_csv(path, delimiter, "queries file")
-    at = _column(path, header, column, "text")
+    at = find_column(path, header, column, "text")
     texts = [row.fields[at].strip() for row in rows if row.fields[at].strip()]
     if not texts:
         raise FewShotError(f"{path} has no texts in column {column!r}")

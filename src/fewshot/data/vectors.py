@@ -150,17 +150,10 @@ def _read_mat(path: Path, features_key: str, labels_key: str) -> tuple[np.ndarra
 
 
 def _read_csv(path: Path, label_column: str, delimiter: str | None) -> tuple[np.ndarray, np.ndarray]:
-    from fewshot.data.csv_text import read_csv
+    from fewshot.data.csv_text import find_column, read_csv
 
     header, rows = read_csv(path, delimiter)
-    where = [i for i, h in enumerate(header) if h == label_column.strip()]
-    if not where:
-        raise FewShotError(f"{path} has no label column {label_column!r}; its columns are "
-                           f"{', '.join(repr(h) for h in header)} (set data.options.label_column)")
-    if len(where) > 1:
-        raise FewShotError(f"{path}: columns {' and '.join(str(i + 1) for i in where)} are both named "
-                           f"{label_column!r}; rename one so that the label column is clear")
-    at = where[0]
+    at = find_column(path, header, label_column, "label", hint=" (set data.options.label_column)")
     columns = [i for i in range(len(header)) if i != at]
     if not columns:
         raise FewShotError(f"{path} has only the label column {label_column!r}: no feature columns")
