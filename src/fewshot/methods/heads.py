@@ -154,6 +154,8 @@ class LogisticHead(FittedClassifier):
             z = q.float().cpu()
             z = (F.normalize(z, dim=-1) if self.normalize else z).double()
             scores = (z @ self.coef.T.cpu() + self.intercept.cpu()).float()
+            if self.coef.shape[0] == 1:  # binary: one row of coefficients, like decision_function's one column
+                scores = scores[:, 0]
         else:
             scores = torch.from_numpy(self.classifier().decision_function(_prepare(q, self.normalize))).float()
         if scores.dim() == 1:  # binary: sklearn returns the score of classes_[1]

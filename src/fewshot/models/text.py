@@ -32,6 +32,18 @@ from fewshot.models.base import evaluating
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@dataclass
+class Tokens:
+    """A batch of sentences already tokenized (``input_ids``, ``attention_mask``: ``[n, length]``), taken by
+    :class:`MiniLMEncoder` in place of a list of strings: what an exported (ONNX) text classifier is traced with."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise FewShotError(f"model.options.precision must be one of {PRECISIONS}, got {precision!r}")
@@ -127,13 +139,15 @@ class MiniLMEncoder(nn.Module):
         """The 6 transformer layers, input to output (what fine-tuning's ``top_k`` unfreezes)."""
         return self.bert.encoder.layer
 
-    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def tokenize(self, texts: list[str] | Tokens) -> dict[str, torch.Tensor]:
+        if isinstance(texts, Tokens):
+            return {"input_ids": texts.input_ids, "attention_mask": texts.attention_mask}
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise FewShotError("the text encoder takes a list of strings")
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt")
 
-    def _encode(self, texts: list[str], soft_prompt: torch.Tensor | None) -> torch.Tensor:
+    def _encode(self, texts: list[str] | Tokens, soft_prompt: torch.Tensor | None) -> torch.Tensor:
         batch = self.tokenize(texts)
         device = self.bert.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -157,10 +171,13 @@ class MiniLMEncoder(nn.Module):
             pooled = mean_pool(hidden, pool_mask)
         return pooled
 
-    def features(self, texts: list[str], soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
-        """Embeddings ``[n, dim]``; in chunks of at most ``batch_size``, sorted by length."""
+    def features(self, texts: list[str] | Tokens, soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings ``[n, dim]``; in chunks of at most ``batch_size``, sorted by length (:class:`Tokens`: in one
+        pass, as they are)."""
         if isinstance(texts, str):
             raise FewShotError("the text encoder takes a list of strings, not one string")
+        if isinstance(texts, Tokens):
+            return self._encode(texts, soft_prompt)
         texts = list(texts)
         if not texts:
             return torch.zeros(0, self.feature_dim, device=self.bert.device)
