@@ -190,6 +190,51 @@ def test_a_saved_hugging_face_data_set_is_support(tmp_path):
         fewshot.fit(tmp_path / "d", "clinc150_5w1s_features_minilm")
 
 
+def _save_image_dataset(datasets, folder: Path, out: Path, extra_image_column: bool = False) -> None:
+    """``folder/<class>/<images>`` as a saved data set: an ``Image`` column of the files' bytes, a ClassLabel."""
+    classes = sorted(p.name for p in folder.iterdir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((folder / name).iterdir())]
+    rows = {"picture": [{"bytes": f.read_bytes(), "path": None} for f, _ in files], "kind": [c for _, c in files]}
+    features = {"picture": datasets.Image(), "kind": datasets.ClassLabel(names=classes)}
+    if extra_image_column:
+        rows["mask"], features["mask"] = rows["picture"], datasets.Image()
+    datasets.Dataset.from_dict(rows, features=datasets.Features(features)).save_to_disk(out)
+
+
+def test_a_saved_hugging_face_image_data_set_is_support(omniglot20, proto20, tmp_path, capsys):
+    """The 20 Omniglot classes x 5 drawings as a saved data set (Image column, ClassLabel): the classifier fitted on
+    it answers the 300 other drawings exactly as the one fitted on the folder."""
+    datasets = pytest.importorskip("datasets")
+    _save_image_dataset(datasets, omniglot20 / "support", tmp_path / "hf")
+    assert main(["fit", str(tmp_path / "hf"), "--out", str(tmp_path / "clf"), "--model", str(PROTONET),
+                 "--label-column", "kind"]) == 0
+    assert "saved a 20-class protonet classifier (5-5 examples per class)" in capsys.readouterr().out
+    queries = [str(p) for p in sorted((omniglot20 / "queries").rglob("*.png"))]
+    from_hf, from_folder = fewshot.from_pretrained(tmp_path / "clf"), fewshot.from_pretrained(proto20)
+    assert from_hf.classes == from_folder.classes
+    assert torch.equal(from_hf.predict_proba(queries), from_folder.predict_proba(queries))
+    _save_image_dataset(datasets, omniglot20 / "support", tmp_path / "two", extra_image_column=True)
+    assert main(["fit", str(tmp_path / "two"), "--out", str(tmp_path / "c2"), "--model", str(PROTONET),
+                 "--label-column", "kind"]) == 2
+    assert "has 2 image columns ('picture', 'mask'); name one with --image-column" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "two"), "--out", str(tmp_path / "c2"), "--model", str(PROTONET),
+                 "--image-column", "mask", "--label-column", "kind"]) == 0
+
+
+def test_a_corrupt_image_in_a_saved_data_set_is_named(omniglot20, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    support = tmp_path / "support"
+    shutil.copytree(omniglot20 / "support", support)
+    victim = sorted(support.rglob("*.png"))[7]
+    victim.write_bytes(victim.read_bytes()[:40])  # cut short: the PNG header and part of its first chunk
+    _save_image_dataset(datasets, support, tmp_path / "hf")
+    assert main(["fit", str(tmp_path / "hf"), "--out", str(tmp_path / "clf"), "--model", str(PROTONET),
+                 "--label-column", "kind"]) == 2
+    err = capsys.readouterr().err
+    assert "hf[row 7] is not a readable image" in err and "Traceback" not in err
+    assert not (tmp_path / "clf").exists()
+
+
 # --- bad classifier folders, bad fits: one error line, exit code 2, nothing changed ----------------------------------
 
 

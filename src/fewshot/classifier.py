@@ -193,7 +193,8 @@ def is_classifier(directory: Path) -> bool:
 
 
 def fit(support: str | Path, model: str | Path | None = None, method: str | None = None, text_column: str = "text",
-        label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None) -> Classifier:
+        label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None,
+        image_column: str | None = None) -> Classifier:
     """Adapt a model to the labelled examples in ``support`` once; returns the :class:`Classifier`.
 
     ``model``: a run folder, checkpoint (``zoo/*.safetensors``) or recipe needing no training; by default the best of
@@ -201,7 +202,7 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
     line saying what was chosen and why, and other remarks).
     """
     note = notes or (lambda message: None)
-    data = read_support(support, text_column, label_column)
+    data = read_support(support, text_column, label_column, image_column)
     way, shots = len(data.class_names), min(data.shots)
     choice: Choice | None = None
     if model is None:

@@ -52,19 +52,28 @@ class Support:
     """Images: the class folders (:class:`fewshot.data.image_folder.ClassFolder`)."""
     texts: list[list[str]] | None = None
     """Text: each class's sentences."""
+    encoded: list[list[tuple[str, bytes]]] | None = None
+    """Images from a saved data set: each class's ``(name, encoded bytes)`` (:class:`.hf_disk.EncodedImages`)."""
     source: str = ""
     """What was read, in words (for the model card)."""
 
 
-def read_support(support: str | Path, text_column: str = "text", label_column: str = "label") -> Support:
-    """Read the user's support set: a folder of class folders (images), a CSV / TSV / JSON Lines file or a saved
-    Hugging Face data set (text). Clear errors for anything else, an empty class, fewer than two classes."""
+def read_support(support: str | Path, text_column: str = "text", label_column: str = "label",
+                 image_column: str | None = None) -> Support:
+    """Read the user's support set: a folder of class folders (images), a CSV / TSV / JSON Lines file (text) or a
+    saved Hugging Face data set (images when ``image_column`` is given or it has an ``Image`` column and no
+    ``text_column``; else text). Clear errors for anything else, an empty class, fewer than two classes."""
     path = Path(support)
     from fewshot.data.hf_disk import is_saved_dataset
 
     if is_saved_dataset(path):
-        from fewshot.data.hf_disk import load_hf_text
+        from fewshot.data.hf_disk import image_columns, load_hf_images, load_hf_text, open_saved
 
+        if image_column is not None or (text_column not in open_saved(path).column_names
+                                        and image_columns(open_saved(path))):
+            images = load_hf_images(path, image_column, label_column)
+            return Support(path, "images", images.class_names, images.class_sizes, encoded=images.images,
+                           source=f"Hugging Face data set {path.name} (images, column {label_column!r})")
         data = load_hf_text(path, text_column, label_column)
         return Support(path, "text", data.class_names, data.class_sizes.tolist(), texts=data.texts,
                        source=f"Hugging Face data set {path.name} (columns {text_column!r}, {label_column!r})")
@@ -188,11 +197,32 @@ def prepare_support(support: Support, spec: ImageInput | None, config: RunConfig
     from fewshot.data.image_folder import image_folder
 
     spec = require_images(spec, config)
-    data = image_folder(support.path, size=spec.size, channels=spec.channels, min_per_class=1, resize=spec.resize)
-    if note is not None:
-        _note_layout(data, note)
-    flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and looks_inverted(data.images))
-    return PreparedSupport(prepare_images(data.images, spec, flip), data.labels, flip)
+    if support.encoded is not None:  # a saved data set's images: decoded here, now that the size is known
+        images, labels = _decode_encoded(support.encoded, spec)
+    else:
+        data = image_folder(support.path, size=spec.size, channels=spec.channels, min_per_class=1,
+                            resize=spec.resize)
+        if note is not None:
+            _note_layout(data, note)
+        images, labels = data.images, data.labels
+    flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and looks_inverted(images))
+    return PreparedSupport(prepare_images(images, spec, flip), labels, flip)
+
+
+def _decode_encoded(encoded: list[list[tuple[str, bytes]]], spec: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoded images by class as uint8 ``[N, C, size, size]`` and their labels, decoded as ``spec`` says."""
+    import io
+
+    from fewshot.data.guards import decode_image
+    from fewshot.data.image_folder import resize_image
+
+    arrays, labels = [], []
+    for label, items in enumerate(encoded):
+        for name, blob in items:
+            image = decode_image(name, spec.channels, opener=lambda blob=blob: io.BytesIO(blob))
+            arrays.append(torch.from_numpy(resize_image(image, spec.size, spec.channels, spec.resize).copy()))
+            labels.append(label)
+    return torch.stack(arrays), torch.tensor(labels, dtype=torch.long)
 
 
 def adapt(method: Method, x: Any, y: torch.Tensor, way: int) -> Any:
@@ -215,6 +245,7 @@ def read_queries(path: str | Path, column: str = "text") -> list[str]:
 def classify(
     model: str | Path, support: str | Path, queries: list[str], text_column: str = "text",
     label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None,
+    image_column: str | None = None,
 ) -> list[Prediction]:
     """Adapt ``model`` to the labelled ``support`` set and classify each query (image path or sentence).
 
@@ -224,7 +255,7 @@ def classify(
     should know but that is not an error (files ignored, images found in sub-folders).
     """
     note = notes or (lambda message: None)
-    data = read_support(support, text_column, label_column)
+    data = read_support(support, text_column, label_column, image_column)
     names = data.class_names
     if data.modality == "images":
         paths = _image_paths(queries, note)

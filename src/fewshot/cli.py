@@ -88,6 +88,8 @@ def _support_options(p: argparse.ArgumentParser) -> None:
     """How a support set is read (``classify`` and ``fit``): text columns, and the polarity of images."""
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--image-column", help="a saved Hugging Face data set's column of images (default: its one Image "
+                                          "column, when it has no --text-column)")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="for models trained on bright strokes on a dark background (Omniglot, MNIST): invert "
                         "dark-on-light images (auto: when the support looks so)")
@@ -371,6 +373,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.queries_csv:
         queries += read_queries(args.queries_csv, args.text_column)
     predictions = classify(args.model, args.support, queries, args.text_column, args.label_column, args.invert,
+                           image_column=args.image_column,
                            notes=lambda message: print(f"fewshot: note: {message}", file=sys.stderr))
     for p in predictions:
         if args.json:
@@ -392,6 +395,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if is_classifier(args.out) and not args.force:
         raise FewShotError(f"{args.out} already holds a classifier; pass --force to replace it")
     classifier = fit(args.support, args.model, args.method, args.text_column, args.label_column, args.invert,
+                     image_column=args.image_column,
                      notes=lambda m: print(m) if m.startswith("default model:") else _note(m))
     classifier.save_pretrained(args.out)
     shots = list(classifier.info["shots"].values())

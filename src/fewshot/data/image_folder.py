@@ -153,9 +153,14 @@ def load_image(path: Path, size: int, channels: int, resize: str = "bilinear") -
     (:attr:`fewshot.data.base.ImageInput.resize`); a clear error if it cannot be decoded safely or is blank."""
     if resize not in RESAMPLE:
         raise FewShotError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESAMPLE)}")
-    converted = decode_image(path, channels)
-    resized = converted.resize((size, size), resample=RESAMPLE[resize])
-    array = np.asarray(resized, dtype=np.uint8)
+    return resize_image(decode_image(path, channels), size, channels, resize)
+
+
+def resize_image(image: Image.Image, size: int, channels: int, resize: str = "bilinear") -> np.ndarray:
+    """A decoded ``L`` / ``RGB`` image (:func:`.guards.decode_image`) as uint8 ``[channels, size, size]``."""
+    if resize not in RESAMPLE:
+        raise FewShotError(f"unknown resize mode {resize!r}; choose one of {', '.join(RESAMPLE)}")
+    array = np.asarray(image.resize((size, size), resample=RESAMPLE[resize]), dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
