@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, help="stop after this many iterations (resume later)")
     p.add_argument("--time-limit", type=float, metavar="MINUTES",
                    help="stop after this many minutes of training (resume later)")
+    p.add_argument("--mirror", type=Path, metavar="DIR",
+                   help="keep a copy of the run folder in DIR, updated after every checkpoint (a disk or share that "
+                        "outlives this machine; continue elsewhere with `fewshot train DIR --resume`)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run folder or checkpoint on fixed test episodes",
@@ -245,6 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.config import RunConfig, apply_overrides, load_raw
     from fewshot.engine.distributed import launched_main
     from fewshot.engine.experiment import build_experiment
+    from fewshot.engine.mirror import Mirror, check_mirror
     from fewshot.engine.run_folder import check_run_folder, check_run_name, lock_run_folder, read_run_config
     from fewshot.engine.train import test_best, train
     from fewshot.hashing import weights_sha256
@@ -267,9 +271,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     with lock_run_folder(run_dir) if main else nullcontext():
         if main:
             check_run_folder(run_dir, args.resume)  # before building anything
+            if args.mirror is not None:
+                check_mirror(run_dir, args.mirror)
         experiment = build_experiment(config, args.data_root)
         result = train(experiment, run_dir, resume=args.resume, progress=not args.no_progress, force=args.force,
-                       stop_after=args.stop_after,
+                       stop_after=args.stop_after, mirror=args.mirror,
                        time_limit=None if args.time_limit is None else 60 * args.time_limit)
         if main:
             print(f"run folder: {run_dir}")
@@ -283,6 +289,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if main:
                 print(f"test accuracy ({config.name}): {test}")
         _write_run_report(run_dir, best_sha256)
+        if main and args.mirror is not None:
+            Mirror(run_dir, args.mirror).sync_all()  # the test result and reports too
     return 0
 
 

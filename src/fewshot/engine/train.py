@@ -30,6 +30,7 @@ from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, plot_curves, write_report
+from fewshot.engine.mirror import Mirror
 from fewshot.engine.resume import forced_comment, resume_changes
 from fewshot.engine.run_folder import WriteError, check_run_folder, lock_run_folder, writing
 from fewshot.errors import FewShotError, Interrupted
@@ -76,7 +77,7 @@ def learning_rate(cfg: TrainConfig, iteration: int) -> float:
 
 def train(
     experiment: Experiment, run_dir: Path, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-    time_limit: float | None = None, force: bool = False,
+    time_limit: float | None = None, force: bool = False, mirror: Path | None = None,
 ) -> TrainResult:
     """Train ``experiment`` into ``run_dir``; with ``resume``, continue from ``run_dir/checkpoints/last``.
 
@@ -89,6 +90,9 @@ def train(
     SIGINT and SIGTERM stop the loop at the end of the iteration under way, after saving ``last`` there (a
     validation under way is dropped and runs again on resume), raising :class:`~fewshot.errors.Interrupted`; a
     second signal stops at once, keeping the previous checkpoint. Either way the resumed run stays bit-identical.
+
+    ``mirror``: a folder kept a copy of the run folder after every ``last`` checkpoint and at the end
+    (:mod:`fewshot.engine.mirror`), so that the run survives the machine.
     """
     if time_limit is not None and not time_limit > 0:
         raise FewShotError(f"the time limit must be > 0 seconds, got {time_limit}")
@@ -96,14 +100,18 @@ def train(
         raise FewShotError(f"stop_after must be >= 1 iteration, got {stop_after}")
     run_dir = Path(run_dir)
     if not distributed.is_main():  # under torchrun rank 0 holds and checks the folder; the others only read it
-        return _train(experiment, run_dir, resume, progress, stop_after, time_limit, force)
+        return _train(experiment, run_dir, resume, progress, stop_after, time_limit, force, None)
     with lock_run_folder(run_dir):
         check_run_folder(run_dir, resume)
-        return _train(experiment, run_dir, resume, progress, stop_after, time_limit, force)
+        copy = Mirror(run_dir, Path(mirror)) if mirror is not None else None
+        result = _train(experiment, run_dir, resume, progress, stop_after, time_limit, force, copy)
+        if copy is not None:
+            copy.sync_all()
+        return result
 
 
 def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, stop_after: int | None,
-           time_limit: float | None, force: bool) -> TrainResult:
+           time_limit: float | None, force: bool, mirror: Mirror | None) -> TrainResult:
     config: RunConfig = experiment.config
     cfg = config.train
     cfg.use_threads()
@@ -162,6 +170,8 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
                                              optimizer.state_dict(), rng, extra))
         if path.name == LAST:
             saved_at = iteration
+            if mirror is not None:
+                mirror.sync_checkpoint()
 
     stop = _StopSignals()
 
