@@ -36,6 +36,14 @@ def _eval_run_without_last(*args: str):
     return setup
 
 
+def _saved_text(folder):
+    import datasets
+
+    rows = {"sentence": ["book a flight", "a plane ticket", "will it rain", "sunny today"], "label": [0, 0, 1, 1]}
+    datasets.Dataset.from_dict(rows).save_to_disk(folder / "hf")
+    return folder / "hf"
+
+
 BOMB = "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
 BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + BOMB
 """A "billion laughs" in 9 levels of 9 aliases: a few hundred bytes that expand to 9^9 strings."""
@@ -59,6 +67,15 @@ CASES = [
     Case("Reptile's Adam state neither task nor shared", "config",
          lambda f, d: ["train", "omniglot_5w1s_reptile", "--out", "run", "--no-progress", "method.adam_state=global"],
          match=r"adam_state must be one of \('task', 'shared'\), got 'global'"),
+    Case("mirror into a folder of the user's files", "config",
+         lambda f, d: ((f / "mine").mkdir(), (f / "mine" / "notes.txt").write_text("x"),
+                       [*TRAIN, "--mirror", "mine"])[-1],
+         match="mirror mine is not empty and is not a fewshot mirror"),
+    Case("mirror inside the run folder", "config", lambda f, d: [*TRAIN, "--mirror", "run/copy"],
+         match="must be outside the run folder"),
+    Case("image column of a text data set", "config",
+         lambda f, d: ["fit", str(_saved_text(f)), "--out", "clf", "--image-column", "sentence"],
+         match=r"column 'sentence' is not of the Image type"),
     Case("YAML that is a list", "config", _yaml("- a\n- b\n"), match="must contain a mapping"),
     Case("YAML syntax error", "config", _yaml("name: [unclosed\n"), match="not valid YAML"),
     Case("eval of a missing run", "config", lambda f, d: ["eval", "nowhere"], match="no checkpoint"),
