@@ -351,13 +351,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plus_minus(ci: float) -> str:
+    return f" ± {100 * ci:.2f}" if ci == ci else " (one episode: no interval)"
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fewshot.engine.compare import compare, load_scores
 
     rows = compare([load_scores(run, args.checkpoint, args.split) for run in args.runs])
     if args.json:
-        for row in rows:
-            print(json.dumps(row))
+        for row in rows:  # an interval of one episode is undefined: null, not NaN (not JSON)
+            print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in row.items()}))
         return 0
     first = rows[0]
     print(f"{first['data']['name']}, {first['way']}-way {first['shot']}-shot, {first['query']} queries, "
@@ -367,9 +371,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     labels = [f"{r['run']} [{r['settings']}]" if labelled else r["run"] for r in rows]
     width = max(map(len, labels))
     for label, row in zip(labels, rows):
-        line = f"{label:<{width}}  {100 * row['accuracy']:6.2f} ± {100 * row['ci95']:.2f}"
+        line = f"{label:<{width}}  {100 * row['accuracy']:6.2f}{_plus_minus(row['ci95'])}"
         if "difference" in row:
-            line += f"   {100 * row['difference']:+.2f} ± {100 * row['difference_ci95']:.2f} vs {labels[0]}"
+            line += f"   {100 * row['difference']:+.2f}{_plus_minus(row['difference_ci95'])} vs {labels[0]}"
         print(line)
     return 0
 

@@ -49,6 +49,14 @@ BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
 """A "billion laughs" in 9 levels of 9 aliases: a few hundred bytes that expand to 9^9 strings."""
 
 
+def _strict_json_with_no_interval(folder, out):
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    row = json.loads(out.splitlines()[-1], parse_constant=refuse)
+    assert row["episodes"] == 1 and row["ci95"] is None and 0 <= row["accuracy"] <= 1
+
+
 def _episodes(n: int):
     def check(folder, out):
         assert json.loads(out.splitlines()[-1])["episodes"] == n
@@ -79,6 +87,8 @@ CASES = [
     Case("YAML that is a list", "config", _yaml("- a\n- b\n"), match="must contain a mapping"),
     Case("YAML syntax error", "config", _yaml("name: [unclosed\n"), match="not valid YAML"),
     Case("eval of a missing run", "config", lambda f, d: ["eval", "nowhere"], match="no checkpoint"),
+    Case("eval of one episode (no interval: null, not NaN)", "arguments", _eval_run("--episodes", "1"), expect="ok",
+         check=_strict_json_with_no_interval),
     Case("eval of 3 episodes", "arguments", _eval_run("--episodes", "3"), expect="ok", check=_episodes(3),
          may_change=("run/checkpoints/eval/*",)),
     # values the dataclasses refuse, naming the key

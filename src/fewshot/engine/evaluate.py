@@ -38,10 +38,15 @@ class EvalResult:
     per_episode: list[float] = field(default_factory=list, repr=False)
 
     def __str__(self) -> str:
+        if not math.isfinite(self.ci95):
+            return f"{100 * self.accuracy:.2f}% (no interval from {self.episodes} episode)"
         return f"{100 * self.accuracy:.2f}% ± {100 * self.ci95:.2f}% ({self.episodes} episodes)"
 
     def to_dict(self, per_episode: bool = False) -> dict:
+        """The fields as JSON takes them: ``ci95`` is ``None`` (null) where it is undefined (one episode)."""
         out = asdict(self)
+        if not math.isfinite(self.ci95):
+            out["ci95"] = None
         if not per_episode:
             out.pop("per_episode")
         return out

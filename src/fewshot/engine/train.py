@@ -181,7 +181,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
             val = experiment.validate(cfg.val_episodes)
         method.train()
         if logger is not None:
-            logger.log({"iteration": done, "phase": "val", "accuracy": val.accuracy, "ci95": val.ci95,
+            logger.log({"iteration": done, "phase": "val", "accuracy": val.accuracy, "ci95": val.to_dict()["ci95"],
                         "seconds": wall_before + time.perf_counter() - began})
         if bar is not None:
             bar.write(f"[{config.name}] iteration {done}: validation {val}")
