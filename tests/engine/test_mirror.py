@@ -65,8 +65,11 @@ def test_the_mirror_holds_the_whole_run_at_the_end(tmp_path, data_root):
     assert {"test.json", "report.html", "curves.png", "checkpoints/best.safetensors"} <= files
     for name in files:
         assert (mirror / name).read_bytes() == (run / name).read_bytes(), name
-    # the same run resumed with the same mirror (finished: nothing to train) is accepted
+    # the same run resumed with the same mirror (finished: nothing to train) is accepted, also from a copy elsewhere
     assert _resume(data_root, run, "--mirror", str(mirror), "--no-test") == 0
+    shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns(".fewshot-lock"))
+    assert _resume(data_root, tmp_path / "moved", "--mirror", str(mirror), "--no-test") == 0
+    assert (mirror / MARKER).read_text().strip() == str((tmp_path / "moved").resolve())
 
 
 def test_a_mirror_never_overwrites_another_folder(tmp_path, data_root, capsys):

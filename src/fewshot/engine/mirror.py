@@ -8,8 +8,9 @@ of its ``last`` checkpoint (a resume drops those rows) but never behind it. At t
 folder (curves, reports, ``test.json``) is copied. Continue on another machine with
 ``fewshot train DIR --resume`` (the mirror is a run folder), or copy it back first.
 
-A mirror goes only into a new or empty folder, or into the mirror of the same run (marker ``.fewshot-mirror``
-holding the run folder's path); any other folder is refused. A copy that fails (the share is gone, the disk is full)
+A mirror goes only into a new or empty folder, or into the mirror of the same run: its marker ``.fewshot-mirror``
+holds the run folder's path, or (a run copied to another place or machine and resumed there) its ``config.yaml`` is
+the run's; any other folder is refused. A copy that fails (the share is gone, the disk is full)
 is reported in one line and training goes on: the run folder itself is complete.
 """
 
@@ -84,6 +85,8 @@ def check_mirror(run_dir: Path, target: Path) -> None:
         return
     marker = target / MARKER
     owner = marker.read_text().strip() if marker.is_file() else ""
+    if owner and owner != str(run) and _same_config(run_dir, target):
+        owner = str(run)  # the same run, copied elsewhere (a new machine) and resumed there: its mirror follows it
     if owner != str(run):
         held = f"the mirror of {owner}" if owner else "not a fewshot mirror"
         raise FewShotError(f"the mirror {target} is not empty and is {held}; choose a new or empty folder")
@@ -91,3 +94,10 @@ def check_mirror(run_dir: Path, target: Path) -> None:
     if strays:
         raise FewShotError(f"the mirror {target} holds files a run does not write ({', '.join(strays[:3])}); "
                            "choose a new or empty folder")
+
+
+def _same_config(run_dir: Path, target: Path) -> bool:
+    try:
+        return (run_dir / "config.yaml").read_bytes() == (target / "config.yaml").read_bytes()
+    except OSError:
+        return False
