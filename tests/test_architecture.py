@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewshot"
-GENERIC = ("engine", "cli.py", "classify.py", "classifier.py", "defaults.py")
+GENERIC = ("engine", "cli.py", "classify.py", "classifier.py", "defaults.py", "onnx_export.py")
 CONTRACTS = {"fewshot.methods.base", "fewshot.models.base", "fewshot.data.base", "fewshot.data.tasks",
              "fewshot.data.batches", "fewshot.data.inputs"}
 USER_INPUT_READERS = {"fewshot.data.image_folder", "fewshot.data.csv_text",  # classify reads the user's own files

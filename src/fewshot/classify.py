@@ -52,8 +52,8 @@ class Support:
     """Images: the class folders (:class:`fewshot.data.image_folder.ClassFolder`)."""
     texts: list[list[str]] | None = None
     """Text: each class's sentences."""
-    encoded: list[list[tuple[str, bytes]]] | None = None
-    """Images from a saved data set: each class's ``(name, encoded bytes)`` (:class:`.hf_disk.EncodedImages`)."""
+    encoded: Any = None
+    """Images from a saved data set, still encoded (:class:`~fewshot.data.hf_disk.EncodedImages`)."""
     source: str = ""
     """What was read, in words (for the model card)."""
 
@@ -72,7 +72,7 @@ def read_support(support: str | Path, text_column: str = "text", label_column: s
         if image_column is not None or (text_column not in open_saved(path).column_names
                                         and image_columns(open_saved(path))):
             images = load_hf_images(path, image_column, label_column)
-            return Support(path, "images", images.class_names, images.class_sizes, encoded=images.images,
+            return Support(path, "images", images.class_names, images.class_sizes, encoded=images,
                            source=f"Hugging Face data set {path.name} (images, column {label_column!r})")
         data = load_hf_text(path, text_column, label_column)
         return Support(path, "text", data.class_names, data.class_sizes.tolist(), texts=data.texts,
@@ -198,7 +198,7 @@ def prepare_support(support: Support, spec: ImageInput | None, config: RunConfig
 
     spec = require_images(spec, config)
     if support.encoded is not None:  # a saved data set's images: decoded here, now that the size is known
-        images, labels = _decode_encoded(support.encoded, spec)
+        images, labels = support.encoded.decode(spec.size, spec.channels, spec.resize)
     else:
         data = image_folder(support.path, size=spec.size, channels=spec.channels, min_per_class=1,
                             resize=spec.resize)
@@ -208,21 +208,6 @@ def prepare_support(support: Support, spec: ImageInput | None, config: RunConfig
     flip = spec.bright_on_dark and (invert == "yes" or invert == "auto" and looks_inverted(images))
     return PreparedSupport(prepare_images(images, spec, flip), labels, flip)
 
-
-def _decode_encoded(encoded: list[list[tuple[str, bytes]]], spec: ImageInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoded images by class as uint8 ``[N, C, size, size]`` and their labels, decoded as ``spec`` says."""
-    import io
-
-    from fewshot.data.guards import decode_image
-    from fewshot.data.image_folder import resize_image
-
-    arrays, labels = [], []
-    for label, items in enumerate(encoded):
-        for name, blob in items:
-            image = decode_image(name, spec.channels, opener=lambda blob=blob: io.BytesIO(blob))
-            arrays.append(torch.from_numpy(resize_image(image, spec.size, spec.channels, spec.resize).copy()))
-            labels.append(label)
-    return torch.stack(arrays), torch.tensor(labels, dtype=torch.long)
 
 
 def adapt(method: Method, x: Any, y: torch.Tensor, way: int) -> Any:

@@ -3,7 +3,8 @@
 * **Images**: input ``images`` — prepared as the classifier's ``config.json`` ``preprocessing`` says (decoded,
   resized, inverted if so, scaled to [0, 1]) — output ``probabilities [batch, classes]``. The batch axis is dynamic
   where the predictor traces so, else fixed at 1 (a predictor that loops over its queries: MAML, Reptile, ANIL).
-* **Text** (all-MiniLM-L6-v2 classifiers): inputs ``input_ids`` and ``attention_mask`` (``int64 [batch, tokens]``,
+* **Text** (all-MiniLM-L6-v2 classifiers: a text model with ``export_tokenizer()`` that takes
+  :class:`~fewshot.data.inputs.Tokens`): inputs ``input_ids`` and ``attention_mask`` (``int64 [batch, tokens]``,
   both axes dynamic), output ``probabilities``. The tokenizer travels in the file: metadata ``fewshot_tokenizer`` is a
   Hugging Face ``tokenizers`` JSON with the model's truncation and padding switched on, so
   ``Tokenizer.from_str(meta["fewshot_tokenizer"]).encode_batch(texts)`` gives both inputs.
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from fewshot.classify import require_images
+from fewshot.data.inputs import Tokens
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
 from fewshot.methods.base import Adapted
@@ -159,36 +161,30 @@ class _TextProbabilities(nn.Module):
         self.predictor = predictor
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from fewshot.models.text import Tokens
-
         return torch.softmax(self.predictor(Tokens(input_ids, attention_mask)).float(), dim=-1)
 
 
 def _encoders(classifier: Classifier) -> list[nn.Module]:
-    """The MiniLM encoders the predictor runs (its own, the method's, or the frozen model a method holds aside)."""
-    from fewshot.models.text import MiniLMEncoder
-
+    """The exportable text models the predictor runs (its own, the method's, or the frozen model a method holds
+    aside): those with ``export_tokenizer()``, which take :class:`~fewshot.data.inputs.Tokens`."""
     found: list[nn.Module] = []
     for root in (classifier.predictor, classifier.method, getattr(classifier.method, "model", None)):
         if isinstance(root, nn.Module):
-            found += [m for m in root.modules() if isinstance(m, MiniLMEncoder) and all(m is not f for f in found)]
+            found += [m for m in root.modules()
+                      if callable(getattr(m, "export_tokenizer", None)) and all(m is not f for f in found)]
     return found
 
 
 def _text_graph(classifier: Classifier, example: Sequence[str] | None) -> _Graph:
-    from tokenizers import Tokenizer
-
     encoders = _encoders(classifier)
     if not encoders:
-        raise FewShotError(f"ONNX export of text classifiers covers all-MiniLM-L6-v2 models; this "
-                           f"{classifier.info['method']} classifier runs {classifier.config.model.name!r}")
+        raise FewShotError(f"ONNX export of text classifiers covers all-MiniLM-L6-v2 models (those that take "
+                           f"token ids); this {classifier.info['method']} classifier runs "
+                           f"{classifier.config.model.name!r}")
     sentences = list(CHECK_SENTENCES if example is None else example)
     if not sentences or not all(isinstance(s, str) and s.strip() for s in sentences):
         raise FewShotError("a text classifier's export example is a list of non-empty sentences")
-    encoder = encoders[0]
-    tokenizer = Tokenizer.from_str(encoder.tokenizer.backend_tokenizer.to_str())
-    tokenizer.enable_truncation(encoder.max_length)
-    tokenizer.enable_padding(pad_id=encoder.tokenizer.pad_token_id, pad_token=encoder.tokenizer.pad_token)
+    tokenizer = encoders[0].export_tokenizer()
     ours = classifier.predict_proba(sentences)  # the strings through PyTorch, as `predict` runs them
 
     def feed(rows: Sequence[str]) -> dict[str, np.ndarray]:

@@ -11,10 +11,13 @@ empty are skipped, an input without a label is refused.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from fewshot.data.text import TextClassDataset
 from fewshot.errors import FewShotError
@@ -34,6 +37,20 @@ class EncodedImages:
     @property
     def class_sizes(self) -> list[int]:
         return [len(c) for c in self.images]
+
+    def decode(self, size: int, channels: int, resize: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image as uint8 ``[N, channels, size, size]`` (decoded with the same checks as files:
+        :func:`~fewshot.data.guards.decode_image`) and its class index ``[N]``."""
+        from fewshot.data.guards import decode_image
+        from fewshot.data.image_folder import resize_image
+
+        arrays, labels = [], []
+        for label, items in enumerate(self.images):
+            for name, blob in items:
+                image = decode_image(name, channels, opener=lambda blob=blob: io.BytesIO(blob))
+                arrays.append(torch.from_numpy(resize_image(image, size, channels, resize).copy()))
+                labels.append(label)
+        return torch.stack(arrays), torch.tensor(labels, dtype=torch.long)
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:

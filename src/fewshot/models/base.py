@@ -17,6 +17,9 @@ contract                  who relies on it                            what it is
 :class:`Blocks`           fine-tuning of the top k blocks             ``blocks``; optionally ``forward_blocks``
 :class:`PerStepNorm`      MAML++'s per-step batch norm (MAML)         ``per_step_norm(copies, weights,
                                                                       statistics)``; then ``step`` in the forwards
+``export_tokenizer()``    ONNX export of a text classifier            a standalone ``tokenizers.Tokenizer``; the
+                          (:mod:`fewshot.onnx_export`)                model then also takes
+                                                                      :class:`~fewshot.data.inputs.Tokens`
 ========================  ==========================================  ===========================================
 
 A registered model is built by ``build(options, out_features)`` (see :mod:`fewshot.registry`): ``out_features`` is

@@ -19,29 +19,19 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshot.data.inputs import Tokens
 from fewshot.errors import FewShotError
 from fewshot.hardware import PRECISIONS, bf16_autocast
 from fewshot.io import cache_dir
 from fewshot.models.base import evaluating
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-@dataclass
-class Tokens:
-    """A batch of sentences already tokenized (``input_ids``, ``attention_mask``: ``[n, length]``), taken by
-    :class:`MiniLMEncoder` in place of a list of strings: what an exported (ONNX) text classifier is traced with."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
 
 
 def check_precision(precision: str) -> str:
@@ -146,6 +136,16 @@ class MiniLMEncoder(nn.Module):
             raise FewShotError("the text encoder takes a list of strings")
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt")
+
+    def export_tokenizer(self) -> Any:
+        """This encoder's tokenizer as a standalone ``tokenizers.Tokenizer``, truncating at ``max_length`` and padding
+        a batch to its longest sentence, as :meth:`tokenize` does: what an exported classifier ships with."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_padding(pad_id=self.tokenizer.pad_token_id, pad_token=self.tokenizer.pad_token)
+        return tokenizer
 
     def _encode(self, texts: list[str] | Tokens, soft_prompt: torch.Tensor | None) -> torch.Tensor:
         batch = self.tokenize(texts)
