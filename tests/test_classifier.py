@@ -424,12 +424,12 @@ def clinc5_support(clinc, tmp_path_factory):
     return out, intents
 
 
-@pytest.mark.parametrize("method", ["features", "features 2-way", "prompt", "finetune"])
+@pytest.mark.parametrize("method", ["features", "features 2-way", "prompt", "finetune", "setfit"])
 def test_onnx_export_of_a_text_classifier_matches_pytorch_on_real_sentences(method, clinc, clinc_classifier,
                                                                             clinc5_support, tmp_path, capsys):
-    """Exported MiniLM classifiers (logistic regression over 150 intents; a meta-learned soft prompt over 5; a
-    fine-tuned encoder over 5), run from the file alone (its tokenizer + onnxruntime), give PyTorch's probabilities
-    to 1e-4 on real test sentences, in padded batches of 64 and one at a time."""
+    """Exported MiniLM classifiers (logistic regression over 150 intents and over 2; a meta-learned soft prompt, a
+    fine-tuned encoder and SetFit over 5), run from the file alone (its tokenizer + onnxruntime), give PyTorch's
+    probabilities to 1e-4 on real test sentences, in padded batches of 64 and one at a time."""
     _, test = clinc
     folder = tmp_path / method.replace(" ", "_")
     if method == "features":
@@ -442,8 +442,9 @@ def test_onnx_export_of_a_text_classifier_matches_pytorch_on_real_sentences(meth
             rows = support.read_text().splitlines()
             support = tmp_path / "two.csv"
             support.write_text("\n".join([rows[0], *(r for r in rows[1:] if r.rsplit(",", 1)[1] in intents)]))
-        assert main(["fit", str(support), "--method", method.split()[0], "--out", str(folder), "--text-column",
-                     "utterance", "--label-column", "intent"]) == 0
+        model = ["--model", "clinc150_5w5s_setfit_minilm"] if method == "setfit" else ["--method", method.split()[0]]
+        assert main(["fit", str(support), *model, "--out", str(folder), "--text-column", "utterance",
+                     "--label-column", "intent"]) == 0
         texts = [t for t, label in test if label in intents][::3]  # 50 sentences
     out = tmp_path / "model.onnx"
     assert main(["export", str(folder), "--onnx", "--out", str(out)]) == 0

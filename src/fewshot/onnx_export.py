@@ -49,7 +49,7 @@ CHECK_SENTENCES = (
     "please book a table for four people at the italian place downtown tomorrow at seven in the evening",
     "how do i reset my pin",
 )
-"""Default text check: lengths from one token to about twenty, so padding and masking are exercised."""
+"""Default text check: 1 to 18 words, so padding and masking are exercised."""
 
 
 @dataclass
