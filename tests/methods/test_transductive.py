@@ -248,7 +248,7 @@ def test_shipped_checkpoints_read_as_transductive(path):
 def test_reproduction_recipes_say_transductive():
     gradient_based = [n for n in recipe_names() if n.startswith("omniglot_") and not n.endswith("_mamlpp")
                       and yaml.safe_load(recipe_path(n).read_text())["method"]["name"] in METHODS]
-    assert len(gradient_based) == 15  # MAML, first-order MAML, Reptile in 4 cells; ANIL in 2; Meta-SGD in 1
+    assert len(gradient_based) == 16  # MAML, first-order MAML, Reptile in 4 cells; ANIL in 2; Meta-SGD in 2
     for name in gradient_based:
         assert yaml.safe_load(recipe_path(name).read_text())["method"]["options"]["transductive"] is True, name
 
