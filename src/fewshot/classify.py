@@ -69,8 +69,8 @@ def read_support(support: str | Path, text_column: str = "text", label_column: s
     if is_saved_dataset(path):
         from fewshot.data.hf_disk import image_columns, load_hf_images, load_hf_text, open_saved
 
-        if image_column is not None or (text_column not in open_saved(path).column_names
-                                        and image_columns(open_saved(path))):
+        saved = open_saved(path)
+        if image_column is not None or (text_column not in saved.column_names and image_columns(saved)):
             images = load_hf_images(path, image_column, label_column)
             return Support(path, "images", images.class_names, images.class_sizes, encoded=images,
                            source=f"Hugging Face data set {path.name} (images, column {label_column!r})")
