@@ -1,5 +1,3 @@
-import sys
+from fewshot.cli import entry_point
 
-from fewshot.cli import main
-
-sys.exit(main())
+entry_point()

@@ -62,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, terminate)
 
 
+def entry_point() -> NoReturn:
+    """The ``fewshot`` command and ``python -m fewshot``: :func:`main`, then the process ends with its exit status
+    (a process of a ``torchrun`` job leaves its process group first: :func:`fewshot.engine.distributed.end_process`)."""
+    code = main()
+    distributed = sys.modules.get("fewshot.engine.distributed")  # imported only when a command ran a model
+    if distributed is not None:
+        distributed.end_process(code)
+    sys.exit(code)
+
+
 def _on_sigterm() -> object:
     """Make SIGTERM end the command like Ctrl-C (a clean line, exit 143) instead of killing it; the handler it
     replaces, to restore (``None`` outside the main thread)."""

@@ -131,5 +131,6 @@ if __name__ == "__main__":
     except Exception:
         traceback.print_exc()
         code = 1
-    sys.stdout.flush()
-    sys.exit(code)
+    from fewshot.engine.distributed import end_process
+
+    end_process(code)  # as the `fewshot` command ends: leave the process group, skip the interpreter's teardown
