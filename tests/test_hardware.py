@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+import torch
 
 from fewshot import hardware
 
@@ -36,3 +40,15 @@ def test_bf16_without_instructions_warns_once(monkeypatch, capsys):
     assert not hardware.warn_slow_bf16("cpu", "model.options.precision")
     assert capsys.readouterr().err == ""
     hardware.warn_slow_bf16.cache_clear()
+
+
+def test_machine_describes_this_machine():
+    here = hardware.machine()
+    assert here["torch"] == torch.__version__ and here["torch_threads"] == torch.get_num_threads()
+    assert here["cpu_cores"] == os.cpu_count()
+    assert len(here["gpus"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    if names:
+        assert here["cpu"] == names[0]

@@ -7,8 +7,11 @@ against 12 s in float32; on a Zen 4 with AVX512-BF16 bf16 was 1.2-1.6x faster th
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,3 +60,28 @@ def bf16_autocast(device_type: str, enabled: bool, setting: str) -> torch.autoca
     if enabled:
         warn_slow_bf16(device_type, setting)
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def machine() -> dict[str, Any]:
+    """This machine as a run records it: CPU model and cores, torch threads, bfloat16 support, GPUs, versions."""
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware"):
+                cpu = value.strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else []
+    return {
+        "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "cpu": cpu or platform.processor() or None, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
+        "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_has_bf16(), "gpus": gpus,
+        "cuda_bf16": bool(torch.cuda.is_bf16_supported()) if gpus else None,
+    }

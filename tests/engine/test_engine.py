@@ -14,6 +14,7 @@ from fewshot import registry
 from fewshot.config import RunConfig, apply_overrides, component_options, load_config, load_raw
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.experiment import build_experiment
+from fewshot.engine.logs import read_metrics
 from fewshot.engine.train import TrainingDiverged, train
 from fewshot.errors import FewShotError
 
@@ -78,6 +79,13 @@ def test_time_limit_stops_and_the_run_resumes(tmp_path, data_root):
     assert first.iterations == 1  # the limit is checked after each iteration
     assert load_checkpoint(run / "checkpoints" / "last.safetensors").iteration == 1
     assert train(build_experiment(config, data_root), run, resume=True, progress=False).iterations == 6
+    starts = [row for row in read_metrics(run) if row["phase"] == "start"]  # each segment records its machine
+    assert [row["iteration"] for row in starts] == [0, 1]
+    for row in starts:
+        assert row["machine"]["torch"] == torch.__version__ and row["machine"]["device"] == "cpu"
+        assert row["machine"]["torch_threads"] == config.train.threads and row["machine"]["world_size"] == 1
+    report = (run / "report.md").read_text()
+    assert "## Where it trained" in report and "- iterations 0-1: " in report and "- iterations 1-6: " in report
     with pytest.raises(FewShotError, match="time limit must be > 0"):
         train(build_experiment(config, data_root), tmp_path / "other", progress=False, time_limit=0)
 

@@ -76,6 +76,10 @@ def test_train_writes_the_page_with_the_runs_numbers(trained):
     assert {int(c) for c in conf["names"]} == {c for e in kept for c in e["classes"]}
     assert all("/" in name for name in conf["names"].values())  # Omniglot's own names, alphabet/character
     assert data["environment"]["torch"] and data["environment"]["world_size"] == 1
+    (segment,) = data["segments"]  # one `fewshot train`, iterations 0-4, on this machine
+    assert (segment["from"], segment["to"]) == (0, 4)
+    assert segment["machine"]["cpu"] == data["environment"]["cpu"] and segment["machine"]["device"] == "cpu"
+    assert "Where it trained" in page and "0-4" in page
 
 
 def test_class_names_are_escaped(run, tmp_path, capsys):

@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any
 
+from fewshot.engine.logs import describe_machine
 from fewshot.engine.report import FORMAT, MARKER
 
 TOP_PAIRS = 15
@@ -65,7 +66,7 @@ def render(data: dict[str, Any]) -> str:
         ("episodes", "Per-episode accuracy", _histogram(data.get("evaluation"))),
         ("confusion", "Confusion between classes", _confusion(data.get("confusion"), data.get("evaluation"))),
         ("config", "Config", f"<pre>{e(data['config_yaml'].rstrip())}</pre>"),
-        ("environment", "Environment", _environment(data["environment"])),
+        ("environment", "Environment", _environment(data["environment"], data.get("segments") or [])),
     ]
     nav = " ".join(f'<a href="#{key}">{e(title)}</a>' for key, title, _ in sections)
     body = "\n".join(f'<section id="{key}">\n<h2>{e(title)}</h2>\n{content}\n</section>'
@@ -320,7 +321,7 @@ def _confusion(conf: dict[str, Any] | None, ev: dict[str, Any] | None) -> str:
             + pairs + f"<h3>Classes with the lowest accuracy (of {conf['classes']})</h3>" + worst_table)
 
 
-def _environment(env: dict[str, Any]) -> str:
+def _environment(env: dict[str, Any], stretches: list[dict[str, Any]]) -> str:
     def yes_no(x: Any) -> str:
         return "unknown" if x is None else ("yes" if x else "no")
 
@@ -336,5 +337,11 @@ def _environment(env: dict[str, Any]) -> str:
         rows.append(["GPU bfloat16", yes_no(env.get("cuda_bf16"))])
     rows += [["world size (processes the run trained with)", env.get("world_size")],
              ["train.device / train.precision", f"{env.get('train_device')} / {env.get('train_precision')}"]]
+    where = ""
+    if stretches:
+        where = ("<h3>Where it trained</h3><p>One row per <code>fewshot train</code> that started or resumed the "
+                 "run.</p>" + _table(["iterations", "machine"], [[f"{s['from']:,}-{s['to']:,}",
+                                                                  describe_machine(s["machine"])]
+                                                                 for s in stretches]))
     return ("<p>The machine that wrote this report (the training machine when <code>fewshot train</code> wrote "
-            "it).</p>" + _table(["", ""], rows).replace("<thead><tr><th></th><th></th></tr></thead>", ""))
+            "it).</p>" + _table(["", ""], rows).replace("<thead><tr><th></th><th></th></tr></thead>", "") + where)

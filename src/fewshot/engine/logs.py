@@ -140,6 +140,10 @@ def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Pa
             lines.append(f"- **{key}**: {summary[key]}")
     for forced in summary.get("forced_resumes", []):
         lines.append(f"- **resumed with --force** at iteration {forced['iteration']}: {describe_changes(forced)}")
+    stretches = segments(read_metrics(run_dir))
+    if stretches:
+        lines += ["", "## Where it trained", ""]
+        lines += [f"- iterations {s['from']:,}-{s['to']:,}: {describe_machine(s['machine'])}" for s in stretches]
     if (run_dir / "curves.png").exists():
         lines += ["", "![curves](curves.png)"]
     lines += ["", "## Config", "", "```yaml", config_yaml.rstrip(), "```", ""]
@@ -152,3 +156,25 @@ def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Pa
 def describe_changes(forced: dict[str, Any]) -> str:
     """``train.lr 0.001 -> 0.002, ...`` for one forced resume's ``changed`` mapping (key -> [before, after])."""
     return ", ".join(f"{key} {before} -> {after}" for key, (before, after) in forced["changed"].items())
+
+
+def segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stretches of a run's training, one per ``fewshot train`` that started or resumed it (its ``start`` row):
+    ``{"from", "to", "machine"}``, the iterations it began at and reached and the machine it ran on."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row["phase"] == "start":
+            out.append({"from": row["iteration"], "to": row["iteration"], "machine": row.get("machine") or {}})
+        elif row["phase"] == "train" and out:
+            out[-1]["to"] = max(out[-1]["to"], row["iteration"])
+    return out
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """One line: CPU (cores), torch threads, GPUs, processes, device / precision, torch version."""
+    cores = machine.get("cpu_cores_usable") or machine.get("cpu_cores")
+    gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
+    processes = machine.get("world_size", 1)
+    return (f"{machine.get('cpu') or 'unknown CPU'} ({cores} cores usable), {machine.get('torch_threads')} torch "
+            f"thread(s), {gpus}, {processes} process{'es' if processes != 1 else ''}, "
+            f"train.device {machine.get('device')} / {machine.get('precision')}, torch {machine.get('torch')}")

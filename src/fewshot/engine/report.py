@@ -12,15 +12,12 @@ which records it, so a second call reuses it.
 from __future__ import annotations
 
 import datetime
-import os
-import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fewshot.engine.evaluate import mean_ci95
-from fewshot.engine.logs import read_metrics
+from fewshot.engine.logs import read_metrics, segments
 from fewshot.engine.predictions import confusion_counts, read_predictions
 from fewshot.engine.records import read_record, run_record_files, run_settings
 from fewshot.errors import FewShotError
@@ -97,6 +94,7 @@ def collect(run_dir: Path, note: Callable[[str], None] | None = None, best_sha25
         "notes": notes,
         "config_yaml": config_text,
         "environment": environment(raw),
+        "segments": segments(rows),
     }
 
 
@@ -183,33 +181,12 @@ def confusion(evaluation: dict[str, Any]) -> dict[str, Any] | None:
 
 def environment(raw: dict[str, Any]) -> dict[str, Any]:
     """The machine writing the report (the training machine when ``fewshot train`` writes it)."""
-    import torch
-
     from fewshot import __version__
-    from fewshot.hardware import cpu_has_bf16
+    from fewshot.hardware import machine
 
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                cpu = value.strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else []
-    cuda_bf16 = bool(torch.cuda.is_bf16_supported()) if gpus else None
     train = raw.get("train") or {}
     return {
-        "fewshot": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "cpu": cpu or platform.processor() or None,
-        "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable, "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": cpu_has_bf16(), "gpus": gpus, "cuda_bf16": cuda_bf16,
+        "fewshot": __version__, **machine(),
         "world_size": train.get("world_size", 1), "train_precision": train.get("precision"),
         "train_device": train.get("device"),
     }

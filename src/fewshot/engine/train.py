@@ -34,7 +34,7 @@ from fewshot.engine.mirror import Mirror
 from fewshot.engine.resume import forced_comment, resume_changes
 from fewshot.engine.run_folder import WriteError, check_run_folder, lock_run_folder, writing
 from fewshot.errors import FewShotError, Interrupted
-from fewshot.hardware import bf16_autocast
+from fewshot.hardware import bf16_autocast, machine
 from fewshot.io import atomic_write
 
 LAST, BEST = "last.safetensors", "best.safetensors"
@@ -148,6 +148,8 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
         logger = RunLogger(run_dir, resume_from=start, redo_validation=pending_validation)
         if changed:
             logger.log({"iteration": start, "phase": "resume", "forced": True, "changed": changed})
+        logger.log({"iteration": start, "phase": "start", "machine": {
+            **machine(), "world_size": cfg.world_size, "device": str(cfg.torch_device()), "precision": cfg.precision}})
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
     bar = None
     if progress and main:
