@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from fewshot.config import RunConfig
-from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fewshot.engine.checkpoint import load_checkpoint, model_only, save_checkpoint
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.scoring import load_weights, score
 
@@ -29,10 +29,10 @@ PAPER = {  # Omniglot accuracies (%) as published: 5w1s, 5w5s, 20w1s, 20w5s
 
 
 def export(run_dir: Path, zoo: Path, which: str = "best") -> Path:
+    """``fewshot export RUN --out zoo/<recipe>.safetensors``, the file named after the run's recipe."""
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.safetensors")
     out = zoo / f"{ckpt.config['name']}.safetensors"
-    extra = {k: ckpt.extra[k] for k in ("best_val_accuracy", "best_val_iteration", "wall_seconds") if k in ckpt.extra}
-    save_checkpoint(out, Checkpoint(ckpt.weights, ckpt.iteration, ckpt.config, extra=extra))
+    save_checkpoint(out, model_only(ckpt))
     return out
 
 

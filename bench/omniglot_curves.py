@@ -51,7 +51,7 @@ def plot(cell: str, runs: list[dict[str, Any]], out: Path) -> Path:
             continue
         minutes = [p["seconds"] / 60 for p in run["points"]]
         ax.plot(minutes, [100 * p["accuracy"] for p in run["points"]], marker=".",
-                label=f"{run['method']} ({run['recipe']}, {run['trained']:,} of {run['iterations']:,} it)")
+                label=f"{run['recipe']} ({run['trained']:,} of {run['iterations']:,} it)")
     way, shot = cell.split("w")
     ax.set(xlabel="training wall time (minutes)", ylabel="validation accuracy (%)",
            title=f"Omniglot {way}-way {shot[:-1]}-shot")

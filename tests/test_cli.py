@@ -21,7 +21,7 @@ def test_recipes_lists_every_recipe(capsys):
             assert f"omniglot_{way}w{shot}s_{method}" in out
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["recipes"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["recipes"], ["compare"], ["export"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -136,3 +136,42 @@ def test_each_command_reads_a_checkpoint_once_and_train_tests_what_it_trained(tm
     assert main(["eval", str(run), "--fresh", "--json", "--data-root", str(data_root)]) == 0
     assert reads == ["best.safetensors"]
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] == trained
+
+
+def test_export_writes_a_runs_model_without_its_training_state(tmp_path, data_root, capsys):
+    """`fewshot export RUN --out FILE`: the best model, scoring as the run does; refusals leave files as they were."""
+    from fewshot.engine.checkpoint import load_checkpoint
+
+    run, model = tmp_path / "run", tmp_path / "shared" / "model.safetensors"
+    assert main(["train", "omniglot_5w1s_protonet", *TINY, "train.way=5", "--out", str(run), "--data-root",
+                 str(data_root), "--no-progress", "--no-test"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(model)]) == 0
+    assert "omniglot_5w1s_protonet at iteration" in capsys.readouterr().out
+    best, exported = load_checkpoint(run / "checkpoints" / "best.safetensors"), load_checkpoint(model)
+    assert best.optimizer is not None and exported.optimizer is None and exported.rng is None
+    assert exported.weights.keys() == best.weights.keys()
+    assert all(exported.weights[k].equal(best.weights[k]) for k in best.weights)
+    assert (exported.iteration, exported.config) == (best.iteration, best.config)
+    assert model.stat().st_size < (run / "checkpoints" / "best.safetensors").stat().st_size
+    scores = []
+    for what in (run, model):
+        assert main(["eval", str(what), "--episodes", "6", "--json", "--fresh", "--data-root", str(data_root)]) == 0
+        scores.append(json.loads(capsys.readouterr().out)["accuracy"])
+    assert scores[0] == scores[1]
+
+    before = model.read_bytes()
+    refused = [(["--out", str(model)], "exists; pass --force"),
+               ([], "give --out FILE.safetensors"),
+               (["--out", str(tmp_path / "model.pt")], "give --out FILE.safetensors"),
+               (["--out", str(run / "checkpoints" / "model.safetensors")], "in the run's checkpoints/ folder"),
+               (["--out", str(model), "--onnx"], "is a training run; --onnx exports a classifier folder")]
+    for extra, said in refused:
+        assert main(["export", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert model.read_bytes() == before and not (run / "checkpoints" / "model.safetensors").exists()
+    assert main(["export", str(tmp_path), "--out", str(model)]) == 2
+    assert "is not a run folder (no checkpoints/)" in capsys.readouterr().err
+    assert main(["export", str(run), "--checkpoint", "last", "--out", str(model), "--force"]) == 0
+    assert load_checkpoint(model).iteration == 4

@@ -227,15 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a saved classifier to ONNX",
-                       description="Export a classifier saved by `fewshot fit` to ONNX, output 'probabilities'. "
+    p = sub.add_parser("export", help="export a trained model (a run's) or a saved classifier (to ONNX)",
+                       description="A run folder: `fewshot export RUN --out FILE.safetensors` writes its best (or "
+                                   "--checkpoint last) model without optimizer or random state, for `fewshot eval "
+                                   "FILE` and `fewshot fit --model FILE`. A classifier saved by `fewshot fit`: "
+                                   "`--onnx` exports it to ONNX, output 'probabilities'. "
                                    "Images: input 'images' (prepared as its config.json's preprocessing says). Text "
                                    "(MiniLM): inputs 'input_ids' and 'attention_mask'; the tokenizer is in the file's "
                                    "metadata ('fewshot_tokenizer', a tokenizers JSON). onnxruntime's answers are "
                                    "checked against PyTorch's (<= 1e-4) before the file is written.")
-    p.add_argument("model", type=Path, help="classifier folder written by fewshot fit")
-    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the one format for now)")
-    p.add_argument("--out", type=Path, help="file to write (default MODEL/model.onnx)")
+    p.add_argument("model", type=Path, help="run folder (fewshot train) or classifier folder (fewshot fit)")
+    p.add_argument("--onnx", action="store_true", help="export a classifier folder to ONNX")
+    p.add_argument("--out", type=Path, help="file to write (a run: required, .safetensors; a classifier: default "
+                                            "MODEL/model.onnx)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which checkpoint of a run to export (default best)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.set_defaults(func=cmd_export)
     return parser
@@ -478,8 +484,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fewshot.classifier import ONNX, from_pretrained
+    from fewshot.classifier import ONNX, from_pretrained, is_classifier
 
+    if (args.model / "checkpoints").is_dir() and not is_classifier(args.model):
+        return _export_run(args)
+    if not args.onnx:
+        raise FewShotError(f"{args.model} is not a run folder (no checkpoints/); a classifier folder written by "
+                           f"fewshot fit exports with --onnx")
     out = args.out or args.model / ONNX
     if out.exists() and not args.force:
         raise FewShotError(f"{out} exists; pass --force to overwrite it")
@@ -490,6 +501,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_run(args: argparse.Namespace) -> int:
+    from fewshot.engine.checkpoint import load_checkpoint, model_only, save_checkpoint
+
+    run, out = args.model, args.out
+    if args.onnx:
+        raise FewShotError(f"{run} is a training run; --onnx exports a classifier folder (fewshot fit --model "
+                           f"RUN_MODEL.safetensors ... --out CLF, then fewshot export CLF --onnx). Export the run's "
+                           f"model with --out FILE.safetensors")
+    if out is None or out.suffix != ".safetensors":
+        raise FewShotError(f"give --out FILE.safetensors, the model file to write (got {out or 'no --out'})")
+    source = run / "checkpoints" / f"{args.checkpoint}.safetensors"
+    if out.is_dir():
+        raise FewShotError(f"{out} is a folder; give --out a file name")
+    if out.resolve().parent == source.resolve().parent:
+        raise FewShotError(f"{out} is in the run's checkpoints/ folder, where the run keeps what it resumes from; "
+                           f"write the model file elsewhere")
+    if out.exists() and not args.force:
+        raise FewShotError(f"{out} exists; pass --force to overwrite it")
+    model = model_only(load_checkpoint(source))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model)
+    best = model.extra.get("best_val_accuracy")
+    print(f"wrote {out}: {model.config.get('name')} at iteration {model.iteration:,}"
+          + (f" (best validation {100 * best:.2f}%)" if isinstance(best, float) and args.checkpoint == "best" else "")
+          + "; no optimizer or random state")
+    return 0
+
+
 def torch_softmax(logits):  # noqa: ANN001, ANN201 - a torch tensor
     import torch
 
@@ -497,4 +536,4 @@ def torch_softmax(logits):  # noqa: ANN001, ANN201 - a torch tensor
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

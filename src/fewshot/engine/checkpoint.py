@@ -82,6 +82,17 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     atomic_write(path, save(tensors, metadata={"fewshot": json.dumps(meta)}))
 
 
+MODEL_EXTRA = ("best_val_accuracy", "best_val_iteration", "wall_seconds")
+"""What a model file keeps of a run checkpoint's ``extra``: its best validation score and training time."""
+
+
+def model_only(ckpt: Checkpoint) -> Checkpoint:
+    """The model of a run checkpoint, to share or ship: weights, config, input preparation, iteration and
+    :data:`MODEL_EXTRA`; no optimizer or random state (``fewshot eval`` and ``fewshot fit --model`` take it)."""
+    extra = {key: ckpt.extra[key] for key in MODEL_EXTRA if key in ckpt.extra}
+    return Checkpoint(ckpt.weights, ckpt.iteration, ckpt.config, extra=extra, input=ckpt.input)
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
 
