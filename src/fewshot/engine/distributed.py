@@ -151,7 +151,8 @@ def end_process(code: int) -> NoReturn:
     """
     if _GROUP is None:
         sys.exit(code)
-    close()
+    with contextlib.suppress(Exception):  # the status is what this process has to say, whatever leaving costs
+        close()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
