@@ -95,6 +95,35 @@ def test_a_5_way_maml_fits_20_classes_with_a_built_head(omniglot20, tmp_path, ca
     assert _accuracy(tmp_path / "p.csv") >= MAML20_FLOOR
 
 
+def test_fit_and_classify_take_config_overrides(omniglot20, tmp_path, capsys):
+    """``--set KEY=VALUE`` changes how the model adapts (kept in the classifier's config); a key that does not exist,
+    or one that changes the weights' shapes, is one line and exit 2, with no classifier written."""
+    maml, support = str(ZOO / "omniglot_5w1s_maml.safetensors"), str(omniglot20 / "support")
+    queries = sorted(str(p) for p in (omniglot20 / "queries").rglob("*.png"))[:20]
+    default = fewshot.fit(support, maml).predict_proba(queries)
+    zeros = fewshot.fit(support, maml, overrides=["method.head_init=zeros", "method.test_inner_steps=3"])
+    assert zeros.config.method.options["head_init"] == "zeros" and zeros.config.method.options["test_inner_steps"] == 3
+    assert not torch.allclose(zeros.predict_proba(queries), default, atol=1e-3)
+    out = tmp_path / "zeros"
+    assert main(["fit", support, "--out", str(out), "--model", maml, "--set", "method.head_init=zeros",
+                 "--set", "method.test_inner_steps=3"]) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["method"]["options"]["head_init"] == "zeros"
+    assert torch.equal(fewshot.from_pretrained(out).predict_proba(queries), zeros.predict_proba(queries))
+    capsys.readouterr()
+    assert main(["classify", maml, support, *queries[:3], "--json", "--set", "method.head_init=zeros",
+                 "--set", "method.test_inner_steps=3"]) == 0
+    said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = zeros.predict_proba(queries[:3])
+    for row, probabilities in zip(said, expected, strict=True):
+        assert row["probability"] == pytest.approx(float(probabilities.max()), abs=1e-4)
+    for setting, message in [("method.head_inti=zeros", "unknown config key 'method.head_inti'"),
+                             ("model.hidden=16", "omniglot_5w1s_maml.safetensors")]:
+        assert main(["fit", support, "--out", str(tmp_path / "refused"), "--model", maml, "--set", setting]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "refused").exists()
+
+
 def test_default_image_model_is_cited_and_scores(omniglot20, tmp_path, capsys):
     out = tmp_path / "default"
     assert main(["fit", str(omniglot20 / "support"), "--out", str(out)]) == 0

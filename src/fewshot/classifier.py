@@ -194,12 +194,13 @@ def is_classifier(directory: Path) -> bool:
 
 def fit(support: str | Path, model: str | Path | None = None, method: str | None = None, text_column: str = "text",
         label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None,
-        image_column: str | None = None) -> Classifier:
+        image_column: str | None = None, overrides: Sequence[str] = ()) -> Classifier:
     """Adapt a model to the labelled examples in ``support`` once; returns the :class:`Classifier`.
 
     ``model``: a run folder, checkpoint (``zoo/*.safetensors``) or recipe needing no training; by default the best of
     our results at the support set's shot count (``method`` narrows that choice to one method; ``notes`` receives a
-    line saying what was chosen and why, and other remarks).
+    line saying what was chosen and why, and other remarks). ``overrides`` (``key=value``) change the model's config
+    before it adapts (``method.test_inner_steps=20``); the saved classifier keeps the config it ran with.
     """
     note = notes or (lambda message: None)
     data = read_support(support, text_column, label_column, image_column)
@@ -211,7 +212,7 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
         note(f"default model: {choice.reason}")
     elif method is not None:
         raise FewShotError("give --model or --method, not both (--method picks among the default models)")
-    loaded, config, spec = load_model_input(model, way)
+    loaded, config, spec = load_model_input(model, way, overrides)
     if data.modality == "text":
         loaded.set_class_names(data.class_names)
     prepared = prepare_support(data, spec, config, invert, note)

@@ -9,14 +9,14 @@ here are shared with :mod:`fewshot.classifier` (``fewshot fit`` / ``predict``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewshot.config import RunConfig, load_config
+from fewshot.config import RunConfig, apply_overrides, load_config
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
 from fewshot.engine.checkpoint import checkpoint_input, describe_input, load_checkpoint
@@ -103,21 +103,24 @@ def load_model(model: str | Path, way: int) -> tuple[Method, RunConfig]:
     return method, config
 
 
-def load_model_input(model: str | Path, way: int) -> tuple[Method, RunConfig, ImageInput | None]:
+def load_model_input(model: str | Path, way: int, overrides: Sequence[str] = ()
+                     ) -> tuple[Method, RunConfig, ImageInput | None]:
     """:func:`load_model` and how the model takes images (the checkpoint's recorded ``input``, else its config's data
-    set's; ``None`` for text models)."""
+    set's; ``None`` for text models). ``overrides`` (``key=value``, as ``fewshot eval`` takes them) change the
+    model's config before it is built: how it adapts (``method.test_inner_steps=20``, ``method.head_init=zeros``),
+    its device or threads; a key that changes the weights' shapes is refused when they are loaded."""
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
     if path.suffix.lower() not in RECIPE_SUFFIXES and (path.suffix == ".safetensors" or path.exists()):
         ckpt = load_checkpoint(path)
-        config = RunConfig.from_dict(ckpt.config)
+        config = RunConfig.from_dict(apply_overrides(ckpt.config, list(overrides)))
         spec = checkpoint_input(ckpt)
         head_way = config.train.way  # the output layer it was trained with, if it has one
         method = build_method(config, head_way)
         load_weights(method, ckpt.weights, path)
     else:
-        config = load_config(str(model))
+        config = load_config(str(model), list(overrides))
         if config.train.iterations > 0:
             raise FewShotError(f"recipe {config.name} must be trained first (fewshot train {config.name}); "
                                "pass its run folder or checkpoint")
@@ -230,28 +233,29 @@ def read_queries(path: str | Path, column: str = "text") -> list[str]:
 def classify(
     model: str | Path, support: str | Path, queries: list[str], text_column: str = "text",
     label_column: str = "label", invert: str = "auto", notes: Callable[[str], None] | None = None,
-    image_column: str | None = None,
+    image_column: str | None = None, overrides: Sequence[str] = (),
 ) -> list[Prediction]:
     """Adapt ``model`` to the labelled ``support`` set and classify each query (image path or sentence).
 
     Each query's answer is its own: it never depends on the other queries of the call (a method that can score the
     queries together, :attr:`fewshot.methods.base.Method.transductive`, is asked not to), nor on earlier calls (the
     adaptation runs from a fixed random state; the caller's is left as it was). ``notes`` receives what the user
-    should know but that is not an error (files ignored, images found in sub-folders).
+    should know but that is not an error (files ignored, images found in sub-folders). ``overrides``: as
+    :func:`load_model_input` takes them.
     """
     note = notes or (lambda message: None)
     data = read_support(support, text_column, label_column, image_column)
     names = data.class_names
     if data.modality == "images":
         paths = _image_paths(queries, note)
-        method, config, spec = load_model_input(model, len(names))
+        method, config, spec = load_model_input(model, len(names), overrides)
         spec = require_images(spec, config)
         prepared = prepare_support(data, spec, config, invert, note)
         query_items: Any = prepare_images(load_images(paths, spec), spec, prepared.flip)
         labels = [str(p) for p in paths]
     else:
         query_items = _text_queries(queries)
-        method, config, spec = load_model_input(model, len(names))
+        method, config, spec = load_model_input(model, len(names), overrides)
         method.set_class_names(names)
         prepared = prepare_support(data, spec, config, invert, note)
         labels = list(query_items)

@@ -103,6 +103,9 @@ def _support_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="for models trained on bright strokes on a dark background (Omniglot, MNIST): invert "
                         "dark-on-light images (auto: when the support looks so)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the model's config before it adapts, as fewshot eval's overrides do (repeatable), "
+                        "e.g. --set method.test_inner_steps=20 --set method.head_init=zeros")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -401,7 +404,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.queries_csv:
         queries += read_queries(args.queries_csv, args.text_column)
     predictions = classify(args.model, args.support, queries, args.text_column, args.label_column, args.invert,
-                           image_column=args.image_column,
+                           image_column=args.image_column, overrides=args.settings,
                            notes=lambda message: print(f"fewshot: note: {message}", file=sys.stderr))
     for p in predictions:
         if args.json:
@@ -423,7 +426,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if is_classifier(args.out) and not args.force:
         raise FewShotError(f"{args.out} already holds a classifier; pass --force to replace it")
     classifier = fit(args.support, args.model, args.method, args.text_column, args.label_column, args.invert,
-                     image_column=args.image_column,
+                     image_column=args.image_column, overrides=args.settings,
                      notes=lambda m: print(m) if m.startswith("default model:") else _note(m))
     classifier.save_pretrained(args.out)
     shots = list(classifier.info["shots"].values())
