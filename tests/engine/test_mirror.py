@@ -72,6 +72,28 @@ def test_the_mirror_holds_the_whole_run_at_the_end(tmp_path, data_root):
     assert (mirror / MARKER).read_text().strip() == str((tmp_path / "moved").resolve())
 
 
+def test_a_run_stopped_by_a_signal_mirrors_its_reports_too(tmp_path, data_root):
+    """SIGTERM mid-run: the run ends with exit 143 and the mirror holds every file the run folder holds, curves and
+    report included (the state a machine about to be replaced leaves)."""
+    run, mirror = tmp_path / "run", tmp_path / "keep"
+    cmd = [sys.executable, "-m", "fewshot", "train", "omniglot_5w1s_reptile", *TINY, "--out", str(run), "--mirror",
+           str(mirror), "--data-root", str(data_root), "--no-progress", "--no-test"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    copied, deadline = mirror / "checkpoints" / "last.safetensors", time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (
+            copied.exists() and load_checkpoint(copied).iteration >= 6):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.stderr.read().decode()[-2000:]
+    files = {str(p.relative_to(run)) for p in run.rglob("*")
+             if p.is_file() and p.name != ".fewshot-lock" and "tensorboard" not in p.parts}
+    assert {"report.md", "curves.png", "metrics.jsonl", "checkpoints/last.safetensors"} <= files
+    assert load_checkpoint(run / "checkpoints" / "last.safetensors").iteration < 40
+    for name in files:
+        assert (mirror / name).read_bytes() == (run / name).read_bytes(), name
+    assert "**status**: interrupted; the checkpoint of iteration" in (mirror / "report.md").read_text()
+
+
 def test_a_mirror_never_overwrites_another_folder(tmp_path, data_root, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -104,10 +104,11 @@ def train(
     with lock_run_folder(run_dir):
         check_run_folder(run_dir, resume)
         copy = Mirror(run_dir, Path(mirror)) if mirror is not None else None
-        result = _train(experiment, run_dir, resume, progress, stop_after, time_limit, force, copy)
-        if copy is not None:
-            copy.sync_all()
-        return result
+        try:
+            return _train(experiment, run_dir, resume, progress, stop_after, time_limit, force, copy)
+        finally:  # however the run ended (its budget, a time limit, a signal, an error): curves and reports too
+            if copy is not None:
+                copy.sync_all()
 
 
 def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, stop_after: int | None,
