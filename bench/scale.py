@@ -218,8 +218,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     if args.mode == "worker":
+        from fewshot.engine.distributed import end_process
+
         worker(args.case, args.iterations, args.warmup, args.out)
-        return
+        end_process(0)  # as the fewshot command ends a process of a job (gloo can abort it at interpreter teardown)
     report = {"machine": machine(), "command": " ".join(["python", "bench/scale.py", *sys.argv[1:]]),
               "iterations": args.iterations, "warmup": args.warmup, "repeats": args.repeats, "cases": {}}
     for case in args.cases:
