@@ -1,6 +1,7 @@
 """Validation accuracy against training time, one plot per Omniglot cell (N-way K-shot) with every run given.
 
-    python bench/omniglot_curves.py training/* runs/omniglot_5w1s_anil ... --out results/curves
+    python bench/omniglot_curves.py training/omniglot_* results/curves/runs/* --out results/curves \
+        --time-to-accuracy results/time_to_accuracy.json
 
 reads each run folder's ``config.yaml`` and ``metrics.jsonl`` (the ``val`` rows: accuracy on the run's validation
 episodes, and the training wall time at that point) and writes ``<out>/omniglot_<N>w<K>s.png`` per cell and
@@ -64,10 +65,37 @@ def plot(cell: str, runs: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+def plot_time_to_accuracy(measured: dict[str, Any], out: Path) -> Path:
+    """Test accuracy (600 episodes, 95% interval as error bars) at each mark of ``bench/time_to_accuracy.py``, every
+    measured method in one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, run in sorted(measured.items()):
+        points = run["points"]
+        ax.errorbar([p["train_seconds"] / 60 for p in points], [100 * p["accuracy"] for p in points],
+                    yerr=[100 * p["ci95"] for p in points], marker="o", capsize=3,
+                    label=f"{label} ({run['threads']} threads, {run['cpu']})")
+    ax.set(xlabel="training time (minutes, scoring not counted)", ylabel="test accuracy (%), 600 episodes",
+           title="Omniglot 5-way 1-shot: time to accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    path = out / "time_to_accuracy_5w1s.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (config.yaml + metrics.jsonl)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/curves"))
+    parser.add_argument("--time-to-accuracy", type=Path, metavar="JSON",
+                        help="also plot bench/time_to_accuracy.py's measurements (results/time_to_accuracy.json)")
     args = parser.parse_args(argv)
     missing = [str(r) for r in args.runs if not (r / "config.yaml").is_file() or not (r / "metrics.jsonl").is_file()]
     if missing:
@@ -81,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         cells.setdefault(c["cell"], []).append(c)
     for cell, runs in sorted(cells.items()):
         print(plot(cell, runs, args.out))
+    if args.time_to_accuracy is not None:
+        print(plot_time_to_accuracy(json.loads(args.time_to_accuracy.read_text()), args.out))
     (args.out / "omniglot_curves.json").write_text(json.dumps({"cells": cells}, indent=1) + "\n")
     print(args.out / "omniglot_curves.json")
     return 0
