@@ -29,6 +29,14 @@ def test_help(command, capsys):
     assert "usage: fewshot" in capsys.readouterr().out
 
 
+def test_version(capsys):
+    import fewshot
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"fewshot {fewshot.__version__}\n"
+
+
 def test_train_eval_resume(tmp_path, data_root, capsys):
     run = tmp_path / "run"
     args = ["--out", str(run), "--data-root", str(data_root), "--no-progress"]

@@ -108,10 +108,17 @@ def _support_options(p: argparse.ArgumentParser) -> None:
                         "e.g. --set method.test_inner_steps=20 --set method.head_init=zeros")
 
 
+def _version() -> str:
+    from fewshot import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="fewshot", description="Meta-learning and transfer learning from very few labelled examples.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fewshot {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("recipes", help="list the shipped recipes, one line each",
