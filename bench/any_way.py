@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -115,16 +114,6 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=600)
@@ -152,8 +141,10 @@ def main() -> None:
         rows = kept + list(pool.imap_unordered(run_cell, todo))
     import torch
 
+    from fewshot.hardware import machine
+
     rows.sort(key=lambda r: (CHECKPOINTS.index(Path(r["checkpoint"]).stem), -r["way"], r["shot"], r["init"]))
-    out = {"machine": machine(), "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
+    out = {"machine": machine()["cpu"], "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
            "interval": "student_t", "command": "python bench/any_way.py " + " ".join(
                [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]),
            "wall_seconds": round(time.perf_counter() - start),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -28,16 +27,7 @@ from fewshot.config import load_config
 from fewshot.engine import scoring
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import train
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from fewshot.hardware import machine
 
 
 def main() -> None:
@@ -72,7 +62,7 @@ def main() -> None:
                        "episodes": score.episodes, "eval_seconds": round(time.perf_counter() - began, 1)})
         print(json.dumps(points[-1]), flush=True)
     report = {"label": label, "recipe": args.recipe, "overrides": args.overrides, "threads": args.threads,
-              "cpu": cpu_name(), "torch": torch.__version__, "load_average_before": load_before,
+              "cpu": machine()["cpu"], "torch": torch.__version__, "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "points": points}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{label}.json").write_text(json.dumps(report, indent=2) + "\n")
