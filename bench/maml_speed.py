@@ -192,14 +192,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from fewshot.hardware import cpuinfo_value
+
+    model = cpuinfo_value(("model name",)) or platform.processor() or platform.machine()
     return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
 

@@ -22,17 +22,24 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """``/proc/cpuinfo`` flags of the x86 instructions that run bfloat16 products natively."""
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags (Linux x86 ``/proc/cpuinfo``), or ``None`` where that file does not list them."""
+def cpuinfo_value(keys: tuple[str, ...], cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The value of the first line of ``/proc/cpuinfo`` whose key is one of ``keys``; ``None`` where the file has no
+    such line or cannot be read (another OS)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
+        if key.strip() in keys:
+            return value.strip()
     return None
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (Linux x86 ``/proc/cpuinfo``), or ``None`` where that file does not list them."""
+    flags = cpuinfo_value(("flags",), cpuinfo)
+    return None if flags is None else set(flags.split())
 
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool | None:
@@ -64,15 +71,7 @@ def bf16_autocast(device_type: str, enabled: bool, setting: str) -> torch.autoca
 
 def machine() -> dict[str, Any]:
     """This machine as a run records it: CPU model and cores, torch threads, bfloat16 support, GPUs, versions."""
-    cpu = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                cpu = value.strip()
-                break
-    except OSError:
-        pass
+    cpu = cpuinfo_value(("model name", "Model", "Hardware"))
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
