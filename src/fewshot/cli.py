@@ -448,8 +448,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from fewshot.classifier import from_pretrained
 
-    if args.out is not None and args.out.exists() and not args.force:
-        raise FewShotError(f"{args.out} exists; pass --force to overwrite it")
+    if args.out is not None:
+        _refuse_to_replace(args.out, args.force)
     if args.out is not None and args.out.is_dir():
         raise FewShotError(f"{args.out} is a folder; --out names the CSV file to write")
     if args.top_k < 1:
@@ -502,13 +502,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise FewShotError(f"{args.model} is not a run folder (no checkpoints/); a classifier folder written by "
                            f"fewshot fit exports with --onnx")
     out = args.out or args.model / ONNX
-    if out.exists() and not args.force:
-        raise FewShotError(f"{out} exists; pass --force to overwrite it")
+    _refuse_to_replace(out, args.force)
     done = from_pretrained(args.model).export_onnx(out)
     batch = "dynamic batch" if done["dynamic_batch"] else "batch of 1 (this predictor loops over its queries)"
     print(f"wrote {out} ({batch}; onnxruntime matches PyTorch to {done['max_difference']:.1g} on "
           f"{done['checked_inputs']} inputs)")
     return 0
+
+
+def _refuse_to_replace(out: Path, force: bool) -> None:
+    """An existing ``--out`` file is replaced only with ``--force`` (``predict``, ``export``)."""
+    if out.exists() and not force:
+        raise FewShotError(f"{out} exists; pass --force to overwrite it")
 
 
 def _export_run(args: argparse.Namespace) -> int:
@@ -527,8 +532,7 @@ def _export_run(args: argparse.Namespace) -> int:
     if out.resolve().parent == source.resolve().parent:
         raise FewShotError(f"{out} is in the run's checkpoints/ folder, where the run keeps what it resumes from; "
                            f"write the model file elsewhere")
-    if out.exists() and not args.force:
-        raise FewShotError(f"{out} exists; pass --force to overwrite it")
+    _refuse_to_replace(out, args.force)
     model = model_only(load_checkpoint(source))
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model)
