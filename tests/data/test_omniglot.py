@@ -39,6 +39,19 @@ def test_rotations_are_classes(data_root):
     assert len(plain) == 423 and torch.equal(plain.data[0], test.data[0])
 
 
+def test_trainval_meta_trains_on_train_and_validation_characters(data_root):
+    train = omniglot("train", data_root, scheme="vinyals")
+    both = omniglot("train", data_root, scheme="vinyals", trainval=True)
+    val = omniglot("val", data_root, scheme="vinyals")
+    assert len(both) == (1028 + 172) * 4 == len(train) + len(val)
+    assert both.class_names == train.class_names + val.class_names
+    assert torch.equal(both.data, torch.cat([train.data, val.data]))
+    assert torch.equal(omniglot("test", data_root, scheme="vinyals", trainval=True).data,
+                       omniglot("test", data_root, scheme="vinyals").data)
+    with pytest.raises(FewShotError, match="cannot validate"):
+        omniglot("val", data_root, scheme="vinyals", trainval=True)
+
+
 def _write_zip(path, entries):
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in entries.items():

@@ -109,6 +109,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root):
     assert "diverged" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_a_split_that_cannot_validate_stops_the_run_before_its_first_step(tmp_path, data_root):
+    config = tiny("omniglot_5w1s_reptile", "train.iterations=20", "train.val_every=20", "data.options.trainval=true")
+    with pytest.raises(FewShotError, match="cannot validate"):
+        train(build_experiment(config, data_root), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists(), "no step was trained"
+    no_validation = tiny("omniglot_5w1s_reptile", "train.iterations=2", "train.val_episodes=0",
+                         "data.options.trainval=true")
+    assert train(build_experiment(no_validation, data_root), tmp_path / "other", progress=False).iterations == 2
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     save_checkpoint(path, Checkpoint({"w": torch.ones(3)}, iteration=1))

@@ -156,6 +156,9 @@ class OmniglotConfig:
     resize: str = "nearest"
     size: int = 28
     rotations: bool = True
+    trainval: bool = False
+    """Meta-train on the train and validation characters together, as Snell et al.'s final models (trained for the
+    iterations a train-only run chose on validation); the validation split is then refused (it would be in-sample)."""
 
     def __post_init__(self) -> None:
         if self.scheme not in SPLIT_SCHEMES:
@@ -173,10 +176,16 @@ class OmniglotConfig:
 
 def omniglot(
     split: str, root: str | os.PathLike | None = None, scheme: str = "maml", resize: str = "nearest",
-    size: int = 28, rotations: bool = True, allow_download: bool = True,
+    size: int = 28, rotations: bool = True, allow_download: bool = True, trainval: bool = False,
 ) -> TensorClassDataset:
-    """One split as a class data set; with ``rotations`` each character gives 4 classes (0/90/180/270 degrees)."""
+    """One split as a class data set; with ``rotations`` each character gives 4 classes (0/90/180/270 degrees);
+    with ``trainval`` the train split holds the validation characters too."""
+    if trainval and split == "val":
+        raise FewShotError("data.options.trainval meta-trains on the validation characters, so they cannot "
+                           "validate: set train.val_episodes=0 (the run keeps its last weights)")
     wanted = split_characters(scheme, split)
+    if trainval and split == "train":
+        wanted = wanted + split_characters(scheme, "val")
     images, names = load_characters(root, resize, size, allow_download)
     position = {name: i for i, name in enumerate(names)}
     missing = [c for c in wanted if c not in position]
@@ -194,4 +203,5 @@ def omniglot(
 
 def build(split: str, root: str | None, options: OmniglotConfig) -> TensorClassDataset:
     """Registry builder (see :mod:`fewshot.registry`)."""
-    return omniglot(split, root, options.scheme, options.resize, options.size, options.rotations)
+    return omniglot(split, root, options.scheme, options.resize, options.size, options.rotations,
+                    trainval=options.trainval)

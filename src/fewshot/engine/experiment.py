@@ -115,6 +115,8 @@ class EpisodicExperiment:
         if self._sampler is None:
             t = self.config.train
             self._sampler = TaskSampler(self.dataset("train"), t.way, t.shot, t.query, seed=t.seed)
+            if t.val_episodes:  # a split that cannot validate fails before the first step, not at the first validation
+                self.dataset("val")
         return self._sampler.sample(self.config.train.meta_batch, iteration, tasks)
 
     def validate(self, episodes: int) -> EvalResult:
