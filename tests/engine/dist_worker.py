@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+SECOND_MACHINE = "process 1's machine (dist_worker)"
+
 
 def runs(spec_path: str, out: str) -> int:
     from fewshot.config import load_config
@@ -42,6 +44,11 @@ def runs(spec_path: str, out: str) -> int:
         shards.append(self)
 
     distributed.EpisodeShards.__init__ = tracked_init  # type: ignore[method-assign]
+    if os.environ.get("RANK") == "1":  # as if process 1 ran on another machine: its start rows must name it
+        import fewshot.engine.train as training
+
+        own = training.machine
+        training.machine = lambda: {**own(), "cpu": SECOND_MACHINE}  # type: ignore[assignment]
     try:
         for run in json.loads(Path(spec_path).read_text()):
             began = time.perf_counter()

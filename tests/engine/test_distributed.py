@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist_worker import SECOND_MACHINE
 
 import fewshot
 from fewshot.engine.checkpoint import load_checkpoint
@@ -175,6 +176,10 @@ def test_two_processes_train_as_one(jobs, name):
     rows = [[row for row in map(json.loads, (folder / name / "metrics.jsonl").read_text().splitlines())
              if row["phase"] != "start"] for folder in (one, two)]
     assert [r["phase"] for r in rows[1]] == [r["phase"] for r in rows[0]]
+    start = next(row for row in map(json.loads, (two / name / "metrics.jsonl").read_text().splitlines())
+                 if row["phase"] == "start")  # each process's machine: process 1 says it ran elsewhere
+    assert [(m["ranks"], m["cpu"]) for m in start["machine"]["other_machines"]] == [([1], SECOND_MACHINE)]
+    assert f"rank 1 on {SECOND_MACHINE}" in (two / name / "report.md").read_text()
     for a, b in zip(*rows, strict=True):  # the logged metrics are reduced over the processes
         key = "loss" if a["phase"] == "train" else "accuracy"  # validation: its episodes split over the processes
         assert b[key] == pytest.approx(a[key], rel=1e-4)

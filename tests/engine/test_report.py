@@ -13,6 +13,7 @@ import pytest
 
 from fewshot.cli import main
 from fewshot.engine.html_report import pct
+from fewshot.engine.logs import describe_machine, other_machines
 from fewshot.engine.predictions import predictions_path, read_predictions, write_predictions
 from fewshot.engine.records import read_record
 from fewshot.engine.report import MARKER
@@ -183,3 +184,17 @@ def test_page_renders_in_a_headless_browser(trained, tmp_path):
     assert colours is not None and len(colours) > 50  # text and plots, not a blank page
     white = max(colours)[0] / (1200 * 3000)
     assert white < 0.95, f"{100 * white:.1f}% of the screenshot is one colour"
+
+
+def test_a_job_over_several_machines_names_each():
+    here = {"cpu": "Xeon", "cpu_cores_usable": 2, "torch_threads": 1, "gpus": []}
+    there = {**here, "cpu": "EPYC", "gpus": ["H100"]}
+    assert other_machines([here, here]) == {}
+    grouped = other_machines([here, there, here, there, {**here, "torch_threads": 4}])
+    assert [(m["ranks"], m["cpu"], m["torch_threads"]) for m in grouped["other_machines"]] == [
+        ([1, 3], "EPYC", 1), ([4], "Xeon", 4)]
+    line = describe_machine({**here, "world_size": 5, "device": "cpu", "precision": "fp32", **grouped})
+    assert line.startswith("Xeon (2 cores usable), 1 torch thread(s), no GPU, 5 processes")
+    assert line.endswith("; ranks 1, 3 on EPYC (2 cores usable), 1 torch thread(s), H100; rank 4 on Xeon (2 cores "
+                         "usable), 4 torch thread(s), no GPU")
+

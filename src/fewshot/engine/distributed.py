@@ -383,6 +383,15 @@ def any_process(flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
+def gather_objects(value: T) -> list[T]:
+    """``value`` from every process, in rank order (a collective: every process calls it)."""
+    if world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * world_size()
+    _collective("gathering every process's description", dist.all_gather_object, out, value)
+    return out
+
+
 def barrier(what: str = "waiting for the other processes") -> None:
     if world_size() > 1:
         _collective(what, dist.barrier)

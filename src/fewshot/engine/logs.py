@@ -170,11 +170,35 @@ def segments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def describe_machine(machine: dict[str, Any]) -> str:
-    """One line: CPU (cores), torch threads, GPUs, processes, device / precision, torch version."""
+def other_machines(machines: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a job's ``start`` row: ``{"other_machines": [...]}``, the machines (each with its ``ranks``) of the
+    processes whose machine differs from rank 0's, or ``{}`` when every process ran where rank 0 did."""
+    groups: list[dict[str, Any]] = []
+    for rank, described in enumerate(machines[1:], start=1):
+        if described == machines[0]:
+            continue
+        same = next((g for g in groups if {k: v for k, v in g.items() if k != "ranks"} == described), None)
+        if same is None:
+            groups.append({**described, "ranks": [rank]})
+        else:
+            same["ranks"].append(rank)
+    return {"other_machines": groups} if groups else {}
+
+
+def _hardware(machine: dict[str, Any]) -> str:
     cores = machine.get("cpu_cores_usable") or machine.get("cpu_cores")
     gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
+    return f"{machine.get('cpu') or 'unknown CPU'} ({cores} cores usable), {machine.get('torch_threads')} torch " \
+           f"thread(s), {gpus}"
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """One line: CPU (cores), torch threads, GPUs, processes, device / precision, torch version; then the processes
+    that ran on other machines (``other_machines``), if any."""
     processes = machine.get("world_size", 1)
-    return (f"{machine.get('cpu') or 'unknown CPU'} ({cores} cores usable), {machine.get('torch_threads')} torch "
-            f"thread(s), {gpus}, {processes} process{'es' if processes != 1 else ''}, "
+    line = (f"{_hardware(machine)}, {processes} process{'es' if processes != 1 else ''}, "
             f"train.device {machine.get('device')} / {machine.get('precision')}, torch {machine.get('torch')}")
+    for other in machine.get("other_machines") or []:
+        ranks = other.get("ranks") or []
+        line += f"; rank{'s' if len(ranks) != 1 else ''} {', '.join(map(str, ranks))} on {_hardware(other)}"
+    return line

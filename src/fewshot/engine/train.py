@@ -29,7 +29,7 @@ from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.experiment import Experiment
-from fewshot.engine.logs import RunLogger, plot_curves, write_report
+from fewshot.engine.logs import RunLogger, other_machines, plot_curves, write_report
 from fewshot.engine.mirror import Mirror
 from fewshot.engine.resume import forced_comment, resume_changes
 from fewshot.engine.run_folder import WriteError, check_run_folder, lock_run_folder, writing
@@ -141,6 +141,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
     else:
         torch.manual_seed(cfg.seed)
     main = distributed.is_main()  # under torchrun only rank 0 writes the run folder
+    machines = distributed.gather_objects(machine())  # every process's: a job can span machines
     config_yaml = config.to_yaml()
     logger: RunLogger | None = None
     if main:
@@ -150,7 +151,8 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
         if changed:
             logger.log({"iteration": start, "phase": "resume", "forced": True, "changed": changed})
         logger.log({"iteration": start, "phase": "start", "machine": {
-            **machine(), "world_size": cfg.world_size, "device": str(cfg.torch_device()), "precision": cfg.precision}})
+            **machines[0], "world_size": cfg.world_size, "device": str(cfg.torch_device()), "precision": cfg.precision,
+            **other_machines(machines)}})
     end = cfg.iterations if stop_after is None else min(cfg.iterations, start + stop_after)
     bar = None
     if progress and main:
