@@ -48,7 +48,8 @@ def evaluate_zoo(zoo: Path, episodes: int, root: str | None, only: str = "*") ->
         cell = f"{config.eval.way}w{config.eval.shot}s"
         variant = "fomaml" if config.method.options.get("first_order") else config.method.name
         rows.append({"checkpoint": str(path), "recipe": config.name, "method": variant, "cell": cell,
-                     "accuracy": result.accuracy, "ci95": result.ci95, "episodes": result.episodes,
+                     "accuracy": result.accuracy, "ci95": result.ci95, "interval": "student_t",
+                     "episodes": result.episodes,
                      "iterations": ckpt.iteration, "train_wall_seconds": ckpt.extra.get("wall_seconds"),
                      "paper": PAPER.get(variant, {}).get(cell), "eval_seconds": time.perf_counter() - start})
         print(f"| {config.name} | {100 * result.accuracy:.2f} ± {100 * result.ci95:.2f} | {rows[-1]['paper']} | "

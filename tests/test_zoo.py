@@ -14,11 +14,11 @@ COMMITTED = OMNIGLOT["results"]
 
 def committed_ci95(row: dict) -> float:
     """The committed interval under today's rule, Student's t. Figures written before it (no ``"interval":
-    "student_t"`` in the file) used 1.96 for every n; the same per-episode scores give t(0.975, n - 1) / 1.96 times
-    that, so the rescaled figure still checks that the scores' spread is reproduced exactly."""
+    "student_t"`` in the row or the file) used 1.96 for every n; the same per-episode scores give t(0.975, n - 1) /
+    1.96 times that, so the rescaled figure still checks that the scores' spread is reproduced exactly."""
     from fewshot.engine.evaluate import t975
 
-    if OMNIGLOT.get("interval") == "student_t":
+    if row.get("interval", OMNIGLOT.get("interval")) == "student_t":
         return row["ci95"]
     return row["ci95"] * t975(row["episodes"] - 1) / 1.96
 
