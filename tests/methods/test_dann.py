@@ -132,6 +132,10 @@ def test_paper_optimizer_through_the_engine_and_resume(data_root, tmp_path):
     assert logged[-1] == pytest.approx(0.01 / (1 + 10 * 39 / 40) ** 0.75)
     train(build_experiment(load_config("mnist_usps_dann", overrides), str(data_root)), tmp_path / "split",
           progress=False, stop_after=20)
+    # another budget would change every later rate (the inverse schedule) and lambda_p: refused without --force
+    longer = build_experiment(load_config(tmp_path / "split" / "config.yaml", ["train.iterations=80"]), str(data_root))
+    with pytest.raises(FewShotError, match=r"train.iterations 40 -> 80 \(the inverse learning-rate schedule spans"):
+        train(longer, tmp_path / "split", resume=True, progress=False)
     train(build_experiment(load_config(tmp_path / "split" / "config.yaml"), str(data_root)), tmp_path / "split",
           resume=True, progress=False)
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.safetensors").weights
@@ -172,6 +176,21 @@ def short_runs(data_root, tmp_path_factory) -> dict[tuple[str, int], tuple[float
     finally:
         torch.set_num_threads(threads)
     return runs
+
+
+def test_a_resume_keeps_the_budget_that_training_progress_follows(data_root, tmp_path):
+    """Under a constant learning rate the schedule does not span the budget, but DANN's lambda_p does
+    (``DomainExperiment.budget_bound``): a longer budget is refused unless forced, and the force is recorded."""
+    overrides = ["train.iterations=4", "train.schedule=constant", "train.checkpoint_every=2", "train.device=cpu"]
+    run = tmp_path / "run"
+    train(build_experiment(load_config("mnist_usps_dann", overrides), str(data_root)), run, progress=False,
+          stop_after=2)
+    longer = lambda: build_experiment(load_config(run / "config.yaml", ["train.iterations=8"]), str(data_root))  # noqa: E731
+    with pytest.raises(FewShotError, match=r"train.iterations 4 -> 8 \(this kind of run follows the budget: its "
+                                           r"batches carry the training progress"):
+        train(longer(), run, resume=True, progress=False)
+    assert train(longer(), run, resume=True, progress=False, force=True).iterations == 8
+    assert "resumed with --force at iteration 2: train.iterations 4 -> 8" in (run / "config.yaml").read_text()
 
 
 def test_dann_beats_source_only_on_every_seed(short_runs):

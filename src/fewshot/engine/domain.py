@@ -37,6 +37,8 @@ SPLITS = ("source", "target_train", "target_test")
 class DomainExperiment:
     """Source -> target adaptation (DANN, source-only, target oracle, few-shot target labels)."""
 
+    budget_bound = "its batches carry the training progress iteration / train.iterations (DANN's lambda_p)"
+
     def __init__(self, config: RunConfig, root: str | None = None) -> None:
         self.config = config
         self.root = root

@@ -31,6 +31,8 @@ class Experiment(Protocol):
       Its type is one the method accepts (``Method.trains_on``); a kind checks that when it is built. Optionally,
       a kind whose batches are ``tasks_per_batch`` tasks also takes ``batch(iteration, tasks=slice)``: only those
       tasks of the batch, the same values (what one process of a distributed run trains on).
+    * Optionally, ``budget_bound``: why the kind's batches depend on ``train.iterations`` (a resume may then not
+      change the budget without ``--force``); kinds without it make the same batches whatever the budget.
     * :meth:`validate` — a score on the validation split (fixed episodes), to pick the best checkpoint.
     * :meth:`test` — the published protocol on the test split (or ``split``); with ``record``, per-episode progress
       is kept there so a killed evaluation continues (kinds that score in one pass may ignore it).

@@ -22,7 +22,7 @@ from fewshot.errors import FewShotError
 FREE_ON_RESUME = ("train.threads", "train.device", "train.val_every", "train.val_episodes", "train.checkpoint_every",
                   "train.log_every", "train.dist_timeout", "data.root")
 """Settings a resume may change without ``--force``."""
-BUDGET_SCHEDULES = ("linear", "cosine")
+BUDGET_SCHEDULES = ("linear", "cosine", "inverse")
 """Schedules whose learning rate at an iteration depends on ``train.iterations``."""
 
 
@@ -38,10 +38,11 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_changes(saved: dict[str, Any], config: RunConfig, done: int, force: bool = False,
-                   run_dir: Path | str = "the run") -> dict[str, list[Any]]:
+                   run_dir: Path | str = "the run", budget_bound: str | None = None) -> dict[str, list[Any]]:
     """The settings of ``config`` that differ from the checkpoint's ``saved`` config in a way that could change the
     result, as ``key -> [before, after]``; a clear error unless ``force``. ``done``: iterations already trained (a
-    budget below it is refused even with ``force``)."""
+    budget below it is refused even with ``force``). ``budget_bound``: why the run's kind of experiment makes other
+    batches under another ``train.iterations`` (its ``budget_bound``), if it does."""
     try:
         before = flatten(RunConfig.from_dict(saved).to_dict())
     except FewShotError:  # a config this fewshot cannot read any more: compare what it says
@@ -61,6 +62,8 @@ def resume_changes(saved: dict[str, Any], config: RunConfig, done: int, force: b
         if spanning:
             why = (f" (the {spanning[0]} learning-rate schedule spans train.iterations, so another budget changes the "
                    f"learning rates)")
+        elif budget_bound:
+            why = f" (this kind of run follows the budget: {budget_bound})"
         else:
             del changed["train.iterations"]
     if changed and not force:
@@ -68,9 +71,9 @@ def resume_changes(saved: dict[str, Any], config: RunConfig, done: int, force: b
         listed = describe_changes({"changed": shown}) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise FewShotError(
             f"cannot resume {run_dir}: these settings differ from the run's ({done} iterations done): {listed}{why}; "
-            f"a resume may change only {', '.join(FREE_ON_RESUME)} and (with a constant or step schedule) "
-            f"train.iterations. Start a new run with another --out, or pass --force to continue with the new "
-            f"settings (recorded in the run folder)")
+            f"a resume may change only {', '.join(FREE_ON_RESUME)} and train.iterations (under a constant or step "
+            f"schedule, in a kind of run that does not follow the budget). Start a new run with another --out, or "
+            f"pass --force to continue with the new settings (recorded in the run folder)")
     return changed
 
 

@@ -127,7 +127,8 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
     if resume:
         ckpt = _read_last(ckpt_dir / LAST)
         distributed.check_resume(ckpt.config, ckpt_dir / LAST)  # the number of processes first: its own message
-        changed = resume_changes(ckpt.config, config, ckpt.iteration, force, run_dir)
+        changed = resume_changes(ckpt.config, config, ckpt.iteration, force, run_dir,
+                                 getattr(experiment, "budget_bound", None))
         _restore(ckpt, ckpt_dir / LAST, method, optimizer)
         start = saved_at = ckpt.iteration
         best, best_it = ckpt.extra.get("best_val_accuracy", -1.0), ckpt.extra.get("best_val_iteration", -1)
