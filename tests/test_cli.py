@@ -91,6 +91,7 @@ def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_
     refuses runs scored on different tasks."""
     from fewshot.engine.compare import compare, load_scores
     from fewshot.engine.evaluate import mean_ci95
+    from fewshot.engine.records import read_record, record_tasks
     from fewshot.errors import FewShotError
 
     runs = {}
@@ -115,6 +116,23 @@ def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_
         compare([load_scores(runs["proto"]), load_scores(five_shot)])
     assert len(load_scores(runs["fomaml"])) == 2  # a run folder offers every setting it was scored on
     assert main(["compare", str(runs["proto"]), str(tmp_path / "nowhere")]) == 2
+
+    # meta-trained on train + validation characters: another training split, the same test tasks
+    runs["trainval"] = tmp_path / "trainval"
+    assert main(["train", "omniglot_5w1s_protonet", *TINY, "data.options.scheme=maml", "data.options.trainval=true",
+                 "train.val_episodes=0", "--out", str(runs["trainval"]), "--data-root", str(data_root),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(runs["proto"]), str(runs["trainval"]), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["run"] for r in rows] == ["proto", "trainval"] and rows[1]["episodes"] == 8
+    assert rows[1]["data"]["options"] == rows[0]["data"]["options"] and "trainval" not in rows[1]["data"]["options"]
+    identity, _ = read_record(runs["trainval"] / "checkpoints/eval/best_test_5w1s15q_seed0.json")
+    options = identity["config"]["data"]["options"]
+    assert options["trainval"] is True and record_tasks(identity)["data"]["options"] == {
+        k: v for k, v in options.items() if k != "trainval"}
+    options["resize"] = "lanczos"  # an option that changes the test images still tells the tasks apart
+    assert record_tasks(identity)["data"]["options"]["resize"] == "lanczos"
 
 
 def test_each_command_reads_a_checkpoint_once_and_train_tests_what_it_trained(tmp_path, data_root, capsys,

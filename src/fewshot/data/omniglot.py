@@ -22,6 +22,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -159,6 +160,9 @@ class OmniglotConfig:
     trainval: bool = False
     """Meta-train on the train and validation characters together, as Snell et al.'s final models (trained for the
     iterations a train-only run chose on validation); the validation split is then refused (it would be in-sample)."""
+
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("trainval",)
+    """Options that change only the training split: runs that differ in them were tested on the same tasks."""
 
     def __post_init__(self) -> None:
         if self.scheme not in SPLIT_SCHEMES:

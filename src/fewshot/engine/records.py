@@ -235,5 +235,19 @@ def record_tasks(identity: dict[str, Any]) -> dict[str, Any]:
     """What fixed a record's test tasks: the data set (name, options and content fingerprint, not its folder) and
     way, shot, query, seed and split. Records with equal tasks were scored on the same episodes."""
     data = (identity.get("config") or {}).get("data") or {}
-    return {"data": {"name": data.get("name"), "options": data.get("options"), "fingerprint": identity.get(DATA_KEY)},
+    options = data.get("options")
+    if isinstance(options, dict):  # options that change only the training split do not change the test tasks
+        ignored = set(training_only_options(data.get("name")))
+        options = {k: v for k, v in options.items() if k not in ignored}
+    return {"data": {"name": data.get("name"), "options": options, "fingerprint": identity.get(DATA_KEY)},
             **{k: identity.get(k) for k in TASK_KEYS}}
+
+
+def training_only_options(dataset: Any) -> tuple[str, ...]:
+    """The options of data set ``dataset`` that change only its training split (its options class's
+    ``TRAINING_ONLY``); none for a name that is not registered."""
+    from fewshot import registry
+
+    if not isinstance(dataset, str) or dataset not in registry.DATASETS:
+        return ()
+    return tuple(getattr(registry.DATASETS[dataset].options_class(), "TRAINING_ONLY", ()))
