@@ -117,7 +117,8 @@ def plot_curves(run_dir: Path) -> Path | None:
         ax_acc.errorbar(its, acc, yerr=ci, marker="o", ms=3, capsize=2, label="validation ± 95% CI")
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training loss")
     ax_acc.set(xlabel="iteration", ylabel="accuracy", title="accuracy")
-    ax_acc.legend(loc="lower right")
+    if train or val:  # a run stopped before its first logged row has no curve to name
+        ax_acc.legend(loc="lower right")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     fig.suptitle(run_dir.name)
