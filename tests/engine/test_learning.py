@@ -6,7 +6,7 @@ from fewshot.config import load_config
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import train
 
-COMMON = ["train.val_episodes=0", "train.checkpoint_every=1000", "train.threads=2", "eval.episodes=100"]
+COMMON = ["train.val_episodes=0", "train.checkpoint_every=1000", "eval.episodes=100"]
 
 
 def run(recipe, overrides, data_root, tmp_path):
