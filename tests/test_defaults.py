@@ -13,12 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_image_figures_equal_results_omniglot_json():
     rows = json.loads((REPO / defaults.IMAGE_SOURCE).read_text())["results"]
-    measured = {(Path(r["checkpoint"]).stem.split("_", 2)[2], int(r["cell"][2])):  # zoo/omniglot_5w1s_<model>
+    measured = {(Path(r["checkpoint"]).stem, int(r["cell"][2])):
                 (round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2)) for r in rows
-                if r["cell"].startswith("5w")}  # the defaults serve 5-way cells; 20-way checkpoints are not among them
+                if r["cell"].startswith("5w")}  # the defaults serve 5-way cells: 20-way checkpoints by their 5-way rows
     assert defaults.IMAGE_FIGURES == measured
-    for (method, cell) in defaults.IMAGE_FIGURES:
-        assert (REPO / "zoo" / f"omniglot_5w{cell}s_{method}.safetensors").is_file()
+    for (name, _) in defaults.IMAGE_FIGURES:
+        assert (REPO / "zoo" / f"{name}.safetensors").is_file()
 
 
 def _row(text: str, marker: str) -> list[float]:
@@ -44,7 +44,7 @@ def test_text_figures_equal_results_text_md():
 
 
 @pytest.mark.parametrize("modality, shots, way, model, figure", [
-    ("images", 1, 20, "omniglot_5w1s_metaoptnet.safetensors", "97.21 ± 0.30%"),
+    ("images", 1, 20, "omniglot_20w1s_protonet_trainval.safetensors", "98.50 ± 0.23%"),
     ("images", 5, 20, "omniglot_5w5s_metaoptnet.safetensors", "98.87 ± 0.14%"),
     ("text", 1, 5, "clinc150_5w1s_features_minilm", "mean 88.12%"),
     ("text", 5, 5, "clinc150_5w5s_finetune_minilm", "mean 96.43%"),
@@ -57,7 +57,17 @@ def test_choice_names_the_best_figure(modality, shots, way, model, figure):
 
 def test_method_narrows_the_choice_and_fixed_heads_need_five_classes():
     assert defaults.choose("images", 5, 20, "protonet").method == "protonet"
+    assert Path(defaults.choose("images", 1, 5, "protonet").model).name == "omniglot_20w1s_protonet.safetensors"
+    assert Path(defaults.choose("images", 1, 5, "metaoptnet").model).name == "omniglot_5w1s_metaoptnet.safetensors"
     assert defaults.choose("text", 12, 40, "features").model == "clinc150_10s_all_features_minilm"
     assert all(defaults.choose("images", s, 7).method not in ("maml", "anil") for s in (1, 5))
     with pytest.raises(Exception, match="no measured MiniLM method 'setfit' at 10"):
         defaults.choose("text", 10, 5, "setfit")
+
+
+def test_a_named_zoo_model_gets_its_own_figure():
+    """``fit --model zoo/...`` reports that checkpoint's figure, not the best of its method."""
+    assert defaults.figure_for("zoo/omniglot_5w1s_protonet.safetensors", "images", 1, 5).accuracy == 97.13
+    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 7)
+    assert (trainval.accuracy, trainval.method) == (98.50, "protonet_trainval") and "scored 5-way" in trainval.reason
+    assert defaults.figure_for("zoo/somebody_elses.safetensors", "images", 1, 5) is None

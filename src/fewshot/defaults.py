@@ -3,8 +3,8 @@ shot count, with the figure it rests on.
 
 The figures are copied from the committed results (``tests/test_defaults.py`` checks they still equal them):
 
-* images — the shipped ``zoo/`` checkpoints, 600 fixed Omniglot test episodes each (``results/omniglot.json``, the
-  table in ``results/omniglot.md``);
+* images — the shipped ``zoo/`` checkpoints, 600 fixed Omniglot 5-way test episodes each (``results/omniglot.json``,
+  the table in ``results/omniglot.md``; a checkpoint for 20-way tasks is scored 5-way for this);
 * text — all-MiniLM-L6-v2 methods on CLINC150, BANKING77 and HWU64 (``results/text.md``): 5-way 1-shot and 5-shot
   (600 fixed test episodes), and all classes with 10 examples each (official test sets, 5 draws). A method is ranked
   by its mean over the three data sets; only methods measured on all three count.
@@ -24,18 +24,28 @@ IMAGE_SOURCE = "results/omniglot.json"
 TEXT_SOURCE = "results/text.md"
 
 IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
-    # (model, shots): (accuracy %, 95% CI) of zoo/omniglot_5w{shots}s_{model}.safetensors, 600 test episodes
-    ("protonet", 1): (97.13, 0.31), ("maml", 1): (96.14, 0.37), ("reptile", 1): (78.93, 0.78),
-    ("anil", 1): (95.16, 0.42), ("metaoptnet", 1): (97.21, 0.30),
-    ("protonet", 5): (98.31, 0.18), ("maml", 5): (92.48, 0.36), ("anil", 5): (93.68, 0.39),
-    ("metaoptnet", 5): (98.87, 0.14), ("baseline_conv4", 1): (88.82, 0.64), ("baseline_conv4", 5): (96.78, 0.24),
-    ("reptile_shared", 1): (91.25, 0.53),
+    # (zoo checkpoint, shots): (accuracy %, 95% CI) on 600 Omniglot 5-way <shots>-shot test episodes
+    ("omniglot_5w1s_protonet", 1): (97.13, 0.31), ("omniglot_5w1s_maml", 1): (96.14, 0.37),
+    ("omniglot_5w1s_reptile", 1): (78.93, 0.78), ("omniglot_5w1s_anil", 1): (95.16, 0.42),
+    ("omniglot_5w1s_metaoptnet", 1): (97.21, 0.30), ("omniglot_5w1s_baseline_conv4", 1): (88.82, 0.64),
+    ("omniglot_5w1s_reptile_shared", 1): (91.25, 0.53),
+    ("omniglot_20w1s_protonet", 1): (98.43, 0.23), ("omniglot_20w1s_protonet_trainval", 1): (98.50, 0.23),
+    ("omniglot_5w5s_protonet", 5): (98.31, 0.18), ("omniglot_5w5s_maml", 5): (92.48, 0.36),
+    ("omniglot_5w5s_anil", 5): (93.68, 0.39), ("omniglot_5w5s_metaoptnet", 5): (98.87, 0.14),
+    ("omniglot_5w5s_baseline_conv4", 5): (96.78, 0.24),
 }
-"""``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint, keyed by the zoo
-name's model part (``zoo/omniglot_5w{shots}s_{model}.safetensors``)."""
-ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile"}
+"""``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint's 5-way row
+(``zoo/<name>.safetensors``; a 20-way checkpoint's row scored with ``eval.way=5``)."""
+ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile", "protonet_trainval": "protonet"}
 """The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression;
-Reptile with the paper code's shared Adam state)."""
+Reptile with the paper code's shared Adam state; ProtoNet meta-trained on the train + validation characters)."""
+
+
+def zoo_model(name: str) -> str:
+    """The model part of a zoo checkpoint's name, which ``--method`` picks: ``omniglot_20w1s_protonet`` →
+    ``protonet``."""
+    return name.split("_", 2)[2]
+
 
 TEXT_DATASETS = ("CLINC150", "BANKING77", "HWU64")
 TEXT_FIGURES: dict[tuple[str, int], tuple[float, float, float]] = {
@@ -100,23 +110,30 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
     from fewshot import registry
 
     cell = bucket(shots, (1, 5))
-    candidates = {m: fig for (m, s), fig in IMAGE_FIGURES.items() if s == cell}
+    candidates = {name: fig for (name, s), fig in IMAGE_FIGURES.items() if s == cell}
     if method is not None:
-        if method not in candidates:
+        models = sorted({zoo_model(name) for name in candidates})
+        candidates = {name: fig for name, fig in candidates.items() if zoo_model(name) == method}
+        if not candidates:
             raise FewShotError(f"no zoo image model for method {method!r} at {cell} shot(s); there are "
-                               f"{', '.join(sorted(candidates))}")
-        candidates = {method: candidates[method]}
+                               f"{', '.join(models)}")
     elif way != 5:  # a model with a fixed 5-way output layer that cannot build another cannot take other classes
-        builders = {m: registry.METHODS[ZOO_METHODS.get(m, m)].builder() for m in candidates}
-        fixed = {m for m, cls in builders.items() if cls.needs_head and not cls.builds_head}
-        candidates = {m: f for m, f in candidates.items() if m not in fixed}
-    best = max(candidates, key=lambda m: candidates[m][0])
-    accuracy, ci = candidates[best]
-    path = zoo_dir() / f"omniglot_5w{cell}s_{best}.safetensors"
+        methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder()
+                   for name in candidates}
+        candidates = {name: fig for name, fig in candidates.items()
+                      if not (methods[name].needs_head and not methods[name].builds_head)}
+    best = max(candidates, key=lambda name: candidates[name][0])
     ranked = "" if method else f", the best zoo checkpoint at {cell} shot{'s' if cell > 1 else ''}"
-    reason = (f"{path.name} ({best}){ranked}: {accuracy:.2f} ± {ci:.2f}% on Omniglot 5-way {cell}-shot, 600 test "
-              f"episodes ({IMAGE_SOURCE})")
-    return Choice(str(path), best, cell, accuracy, IMAGE_SOURCE, reason)
+    return _image_choice(best, cell, ranked)
+
+
+def _image_choice(name: str, cell: int, ranked: str = "") -> Choice:
+    accuracy, ci = IMAGE_FIGURES[(name, cell)]
+    path = zoo_dir() / f"{name}.safetensors"
+    scored = ", scored 5-way" if not name.startswith("omniglot_5w") else ""
+    reason = (f"{path.name} ({zoo_model(name)}{scored}){ranked}: {accuracy:.2f} ± {ci:.2f}% on Omniglot 5-way "
+              f"{cell}-shot, 600 test episodes ({IMAGE_SOURCE})")
+    return Choice(str(path), zoo_model(name), cell, accuracy, IMAGE_SOURCE, reason)
 
 
 def _choose_text(shots: int, method: str | None) -> Choice:
@@ -143,15 +160,11 @@ def _choose_text(shots: int, method: str | None) -> Choice:
 
 
 def figure_for(model: str, modality: str, shots: int, way: int) -> Choice | None:
-    """The measured figure of a model given by name (a zoo checkpoint ``omniglot_5w<K>s_<method>``, or a recipe /
-    zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none."""
+    """The measured figure of a model given by name (a zoo checkpoint such as ``omniglot_5w<K>s_<method>``, or a
+    recipe / zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none."""
     name = Path(model).name.removesuffix(".safetensors")
     if modality == "images":
-        for (method, cell) in IMAGE_FIGURES:
-            if name == f"omniglot_5w{cell}s_{method}":
-                choice = _choose_images(cell, 5, method)
-                return choice
-        return None
+        return next((_image_choice(name, cell) for (zoo, cell) in IMAGE_FIGURES if zoo == name), None)
     cell = bucket(shots, (1, 5, 10))
     for (method, s) in TEXT_FIGURES:
         if s == cell:
