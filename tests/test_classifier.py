@@ -148,7 +148,7 @@ def test_default_one_shot_image_model_is_cited_and_scores(omniglot20, tmp_path, 
     assert main(["fit", str(support), "--out", str(tmp_path / "default")]) == 0
     printed = capsys.readouterr().out
     assert "default model: omniglot_20w1s_protonet_trainval.safetensors (protonet_trainval, scored 5-way)" in printed
-    assert "98.50 ± 0.23% on Omniglot 5-way 1-shot" in printed
+    assert "98.50 ± 0.23% on Omniglot 5-way 1-shot" in printed and "classifier (1 example per class)" in printed
     assert main(["predict", str(tmp_path / "default"), str(omniglot20 / "queries"), "--out",
                  str(tmp_path / "p.csv"), "--no-progress"]) == 0
     assert _accuracy(tmp_path / "p.csv") >= ONE_SHOT_FLOOR
@@ -261,7 +261,7 @@ def test_a_saved_hugging_face_image_data_set_is_support(omniglot20, proto20, tmp
     _save_image_dataset(datasets, omniglot20 / "support", tmp_path / "hf")
     assert main(["fit", str(tmp_path / "hf"), "--out", str(tmp_path / "clf"), "--model", str(PROTONET),
                  "--label-column", "kind"]) == 0
-    assert "saved a 20-class protonet classifier (5-5 examples per class)" in capsys.readouterr().out
+    assert "saved a 20-class protonet classifier (5 examples per class)" in capsys.readouterr().out
     queries = [str(p) for p in sorted((omniglot20 / "queries").rglob("*.png"))]
     from_hf, from_folder = fewshot.from_pretrained(tmp_path / "clf"), fewshot.from_pretrained(proto20)
     assert from_hf.classes == from_folder.classes

@@ -437,8 +437,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                      notes=lambda m: print(m) if m.startswith("default model:") else _note(m))
     classifier.save_pretrained(args.out)
     shots = list(classifier.info["shots"].values())
-    print(f"saved a {len(classifier.classes)}-class {classifier.info['method']} classifier ({min(shots)}-"
-          f"{max(shots)} examples per class) to {args.out}")
+    each = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)} to {max(shots)}"
+    print(f"saved a {len(classifier.classes)}-class {classifier.info['method']} classifier ({each} example"
+          f"{'s' if max(shots) > 1 else ''} per class) to {args.out}")
     return 0
 
 
