@@ -78,8 +78,8 @@ RUNS = [
         "method.test_inner_steps=2", "method.msl_iterations=2", "method.first_order_iterations=1"),
 ]
 PER_PROCESS = {"mamlpp": re.compile(r"running_(mean|var)$")}
-"""Buffers each process keeps for itself: MAML++'s per-step running statistics follow its own tasks (they are
-used only when scoring, and rank 0's are saved); its parameters must still equal one process's."""
+"""Buffers each process keeps for itself: MAML++'s per-step running statistics follow its own tasks (they normalise
+nothing, as in the authors' code, and rank 0's are saved); its parameters must still equal one process's."""
 CONTROLS = [
     run("maml_same_tasks", "omniglot_5w1s_maml", *MAML, control="same_tasks"),
     run("protonet_unsynced_bn", "omniglot_5w1s_protonet", *PROTONET, control="unsynced_bn"),

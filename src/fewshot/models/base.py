@@ -86,9 +86,10 @@ class PerStepNorm(Protocol):
     step ``0 .. copies - 1`` (a step past the last uses the last), of the batch-norm scale and shift (``weights``:
     ``meta_parameters()`` then lists each as a ``[copies, channels]`` tensor in its usual place, the head still
     last) and/or of running mean and variance (``statistics``: updated in training mode by the passes of their
-    step, and used instead of batch statistics in eval mode, so that in eval mode an input's output no longer
-    depends on its batch). From then on ``forward``, ``features`` and, where offered, ``features_tasks`` /
-    ``forward_tasks`` take ``step`` (``None``: the last copy). ``batches_tasks`` is False with per-step statistics.
+    step, and, as in MAML++'s code, never used to normalise: every pass, in training and in eval mode, normalises by
+    its own batch, and eval mode leaves them as they are). From then on ``forward``, ``features`` and, where offered,
+    ``features_tasks`` / ``forward_tasks`` take ``step`` (``None``: the last copy). ``batches_tasks`` is False with
+    per-step statistics.
     """
 
     def per_step_norm(self, copies: int, weights: bool, statistics: bool) -> None: ...

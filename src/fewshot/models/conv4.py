@@ -145,7 +145,10 @@ class Conv4(nn.Module):
                     gamma, beta = gamma[row], beta[row]
                 if self.step_statistics:
                     mean, var = norm.running_mean[row], norm.running_var[row]  # views: updated in place
-            use_running = mean is not None and not self.training
+            # per-step statistics are kept, never used: every pass normalises by its batch, as MAML++'s code does
+            use_running = mean is not None and not self.training and not self.step_statistics
+            if not self.training and not use_running:
+                mean, var = None, None  # eval mode: batch statistics leave the running ones as they are
             x = batch_norm(x, mean, var, gamma, beta, training=not use_running, momentum=norm.momentum, eps=norm.eps)
             x = F.relu(x)
             if self.variant == "maxpool":
