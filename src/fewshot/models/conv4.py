@@ -143,12 +143,10 @@ class Conv4(nn.Module):
                 row = self._copy(step)
                 if self.step_weights:
                     gamma, beta = gamma[row], beta[row]
-                if self.step_statistics:
-                    mean, var = norm.running_mean[row], norm.running_var[row]  # views: updated in place
-            # per-step statistics are kept, never used: every pass normalises by its batch, as MAML++'s code does
-            use_running = mean is not None and not self.training and not self.step_statistics
-            if not self.training and not use_running:
-                mean, var = None, None  # eval mode: batch statistics leave the running ones as they are
+                if self.step_statistics:  # never used to normalise (MAML++'s code): training updates the views in
+                    # place; eval mode passes none, so it normalises by the batch and leaves them as they are
+                    mean, var = (norm.running_mean[row], norm.running_var[row]) if self.training else (None, None)
+            use_running = mean is not None and not self.training
             x = batch_norm(x, mean, var, gamma, beta, training=not use_running, momentum=norm.momentum, eps=norm.eps)
             x = F.relu(x)
             if self.variant == "maxpool":
