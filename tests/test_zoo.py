@@ -8,6 +8,7 @@ checkpoints took 920 s of the suite's 1,318 s on one of its two workers, and eac
 """
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import pytest
 from fewshot.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repository root: bench/
+from bench.eval_zoo import scores_key  # noqa: E402
+
 OMNIGLOT = json.loads((REPO / "results" / "omniglot.json").read_text())
 COMMITTED = OMNIGLOT["results"]
 EPISODES = json.loads((REPO / "results" / "omniglot_episodes.json").read_text())
@@ -33,25 +37,25 @@ def committed_ci95(row: dict) -> float:
     return row["ci95"] * t975(row["episodes"] - 1) / 1.96
 
 
-def scores_key(row: dict) -> str:
-    """A row's name in the per-episode results: its checkpoint's stem, then the evaluation overrides it was scored
-    under (``bench/eval_zoo.py --set``, e.g. a 20-way checkpoint scored 5-way)."""
-    return " ".join([Path(row["checkpoint"]).stem, *row.get("overrides", [])])
+def row_key(row: dict) -> str:
+    """A row's name in the per-episode results, as ``bench/eval_zoo.py`` wrote it (the evaluation overrides of
+    ``--set`` included, e.g. a 20-way checkpoint scored 5-way)."""
+    return scores_key(row["checkpoint"], row.get("overrides", []))
 
 
 def committed_scores(row: dict) -> list[float]:
     """The committed per-episode accuracies of a zoo row."""
-    episodes = EPISODES[scores_key(row)]
+    episodes = EPISODES[row_key(row)]
     return [correct / episodes["queries"] for correct in episodes["correct"]]
 
 
 def test_every_zoo_checkpoint_has_a_committed_figure_and_its_episodes():
     shipped = {p.name for p in (REPO / "zoo").glob("*.safetensors")}
     assert shipped and shipped == {Path(r["checkpoint"]).name for r in COMMITTED}
-    assert set(EPISODES) == {scores_key(r) for r in COMMITTED}
+    assert set(EPISODES) == {row_key(r) for r in COMMITTED}
 
 
-@pytest.mark.parametrize("row", COMMITTED, ids=scores_key)
+@pytest.mark.parametrize("row", COMMITTED, ids=row_key)
 def test_committed_episodes_give_the_committed_figure(row):
     from fewshot.engine.evaluate import mean_ci95
 
@@ -62,7 +66,7 @@ def test_committed_episodes_give_the_committed_figure(row):
     assert ci95 == pytest.approx(committed_ci95(row), abs=1e-5)
 
 
-@pytest.mark.parametrize("row", COMMITTED, ids=scores_key)
+@pytest.mark.parametrize("row", COMMITTED, ids=row_key)
 def test_every_zoo_checkpoint_reproduces_its_first_committed_episodes(row, data_root, capsys):
     from fewshot.engine.evaluate import mean_ci95
 
