@@ -77,6 +77,18 @@ def standard_conv4(model: Conv4) -> nn.Sequential:
     return nn.Sequential(*layers).to(model.head.weight.dtype)
 
 
+def load_standard_conv4(net: nn.Sequential, model: Conv4) -> None:
+    """The inverse of :func:`standard_conv4`: copy ``net``'s weights into ``model`` (so ours can score them)."""
+    with torch.no_grad():
+        for i, (conv, norm) in enumerate(zip(model.convs, model.norms, strict=True)):
+            for ours_, theirs in ((conv, net[3 * i]), (norm, net[3 * i + 1])):
+                ours_.weight.copy_(theirs.weight)
+                if ours_.bias is not None:
+                    ours_.bias.copy_(theirs.bias)
+        model.head.weight.copy_(net[-1].weight)
+        model.head.bias.copy_(net[-1].bias)
+
+
 def _images(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x
 
@@ -104,12 +116,14 @@ def ours(model: Conv4, case: Case, reference: bool = False, bf16: bool = False) 
     return step
 
 
-def learn2learn(model: Conv4, case: Case) -> Step:
-    """learn2learn 0.2.0's ``MAML`` wrapper as in its Omniglot example: clone, adapt, backward, average."""
+def learn2learn(model: Conv4, case: Case, net: nn.Module | None = None) -> Step:
+    """learn2learn 0.2.0's ``MAML`` wrapper as in its Omniglot example: clone, adapt, backward, average. It trains
+    ``net`` (default: :func:`standard_conv4` of ``model``), so a caller that passes it can read the weights."""
     l2l = import_l2l_maml()
     if case.algorithm not in ("maml", "fomaml"):
         raise ValueError(f"learn2learn's MAML runs maml or fomaml, not {case.algorithm}")
-    maml = l2l.MAML(standard_conv4(model), lr=case.inner_lr, first_order=case.algorithm == "fomaml")
+    maml = l2l.MAML(standard_conv4(model) if net is None else net, lr=case.inner_lr,
+                    first_order=case.algorithm == "fomaml")
     optimizer = torch.optim.Adam(maml.parameters(), lr=case.outer_lr)
 
     def step(episode: Episode) -> float:

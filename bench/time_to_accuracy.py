@@ -9,6 +9,14 @@ and writes JSON plus a markdown table::
     FEWSHOT_DATA=../shared/data python bench/time_to_accuracy.py omniglot_5w1s_protonet data.options.scheme=maml \
         --minutes 4 8 12 --threads 2 --label protonet_finn
 
+With ``--peer learn2learn`` the same recipe's tasks train learn2learn's MAML instead (its Omniglot example's step,
+``bench/peers.py``, on the standard-module copy of the recipe's Conv-4 with the same first weights, the same
+batches, inner steps, learning rates and Adam), and at each mark its weights are copied into the recipe's model and
+scored exactly as ours (the recipe's test-time steps, transduction and episodes). Needs ``scripts/setup_bench.sh``::
+
+    FEWSHOT_DATA=../shared/data python bench/time_to_accuracy.py omniglot_5w1s_maml train.lr=0.003 \
+        method.inner_lr=0.5 --peer learn2learn --minutes 4 8 12 --threads 2 --label learn2learn_maml
+
 Run it on an otherwise idle machine: the figures are wall-clock.
 """
 
@@ -18,8 +26,10 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,6 +38,8 @@ from fewshot.engine import scoring
 from fewshot.engine.experiment import build_experiment
 from fewshot.engine.train import train
 from fewshot.hardware import machine
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -38,6 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--label", help="name of this curve (default: the recipe)")
+    parser.add_argument("--peer", choices=["learn2learn"], help="train the recipe's tasks with this library's MAML")
     parser.add_argument("--data-root", default=os.environ.get("FEWSHOT_DATA"))
     parser.add_argument("--out", type=Path, default=Path("bench/out/time_to_accuracy"))
     args = parser.parse_args()
@@ -51,17 +64,24 @@ def main() -> None:
         shutil.rmtree(run_dir)
     load_before = os.getloadavg()
     experiment = build_experiment(config, args.data_root)  # each resume reloads weights, optimizer and RNG
+    if args.peer:
+        trainer = PeerTrainer(experiment, args.peer)
     points, trained = [], 0.0
     for i, mark in enumerate(sorted(args.minutes)):
-        result = train(experiment, run_dir, resume=i > 0, progress=False, time_limit=max(1e-9, 60 * mark - trained))
-        trained = result.wall_seconds
+        if args.peer:
+            trained, iterations = trainer.train_until(60 * mark)
+        else:
+            result = train(experiment, run_dir, resume=i > 0, progress=False,
+                           time_limit=max(1e-9, 60 * mark - trained))
+            trained, iterations = result.wall_seconds, result.iterations
         began = time.perf_counter()
         score = scoring.score(experiment, episodes=args.episodes)
-        points.append({"minutes": mark, "train_seconds": round(result.wall_seconds, 1),
-                       "iterations": result.iterations, "accuracy": score.accuracy, "ci95": score.ci95,
+        points.append({"minutes": mark, "train_seconds": round(trained, 1),
+                       "iterations": iterations, "accuracy": score.accuracy, "ci95": score.ci95,
                        "episodes": score.episodes, "eval_seconds": round(time.perf_counter() - began, 1)})
         print(json.dumps(points[-1]), flush=True)
-    report = {"label": label, "recipe": args.recipe, "overrides": args.overrides, "threads": args.threads,
+    report = {"label": label, "recipe": args.recipe, "overrides": args.overrides, "peer": args.peer,
+              "threads": args.threads,
               "cpu": machine()["cpu"], "torch": torch.__version__, "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "points": points}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +91,42 @@ def main() -> None:
               f"{100 * p['accuracy']:.2f} ± {100 * p['ci95']:.2f} |" for p in points]
     (args.out / f"{label}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+class PeerTrainer:
+    """A peer library's MAML trained on the experiment's batches; its weights scored through the experiment."""
+
+    def __init__(self, experiment: Any, peer: str) -> None:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from bench.peers import Case, learn2learn, standard_conv4
+
+        config, method = experiment.config, experiment.method
+        if config.method.name != "maml" or method.config.head_init != "trained":
+            raise SystemExit(f"--peer {peer} trains plain MAML: use a MAML recipe with its trained head")
+        self.experiment, self.model = experiment, method.model
+        self.net = standard_conv4(self.model)
+        case = Case("fomaml" if method.config.first_order else "maml", inner_steps=method.config.inner_steps,
+                    inner_lr=method.config.inner_lr, outer_lr=config.train.lr)
+        if config.train.optimizer != "adam" or config.train.schedule != "constant":
+            raise SystemExit("--peer: the peer's step uses Adam at a constant rate, as the recipe must")
+        self.step = learn2learn(self.model, case, net=self.net)
+        self.iterations, self.seconds = 0, 0.0
+        torch.manual_seed(config.train.seed)
+
+    def train_until(self, seconds: float) -> tuple[float, int]:
+        """Train (drawing batches included) until ``seconds`` of training in all; copy the weights into ours."""
+        from bench.peers import load_standard_conv4
+
+        while self.seconds < seconds:
+            began = time.perf_counter()
+            loss = self.step(self.experiment.batch(self.iterations))
+            self.seconds += time.perf_counter() - began
+            self.iterations += 1
+            if loss != loss:
+                raise SystemExit(f"--peer: the loss is NaN at iteration {self.iterations}")
+        load_standard_conv4(self.net, self.model)
+        return self.seconds, self.iterations
 
 
 if __name__ == "__main__":
