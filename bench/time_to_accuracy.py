@@ -108,8 +108,8 @@ class PeerTrainer:
         self.net = standard_conv4(self.model)
         case = Case("fomaml" if method.config.first_order else "maml", inner_steps=method.config.inner_steps,
                     inner_lr=method.config.inner_lr, outer_lr=config.train.lr)
-        if config.train.optimizer != "adam" or config.train.schedule != "constant":
-            raise SystemExit("--peer: the peer's step uses Adam at a constant rate, as the recipe must")
+        if config.train.optimizer != "adam" or config.train.schedule != "constant" or config.train.precision != "fp32":
+            raise SystemExit("--peer: the peer's step uses Adam at a constant rate in fp32, as the recipe must")
         self.step = learn2learn(self.model, case, net=self.net)
         self.iterations, self.seconds = 0, 0.0
         torch.manual_seed(config.train.seed)
