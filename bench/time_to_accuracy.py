@@ -40,6 +40,10 @@ from fewshot.engine.train import train
 from fewshot.hardware import machine
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.peers import Case, learn2learn, load_standard_conv4, standard_conv4  # noqa: E402
 
 
 def main() -> None:
@@ -93,38 +97,40 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def refuse(message: str) -> None:
+    """One line naming the problem, exit code 2."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 class PeerTrainer:
     """A peer library's MAML trained on the experiment's batches; its weights scored through the experiment."""
 
     def __init__(self, experiment: Any, peer: str) -> None:
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))
-        from bench.peers import Case, learn2learn, standard_conv4
-
         config, method = experiment.config, experiment.method
-        if config.method.name != "maml" or method.config.head_init != "trained":
-            raise SystemExit(f"--peer {peer} trains plain MAML: use a MAML recipe with its trained head")
+        mc = method.config
+        if config.method.name != "maml" or mc.head_init != "trained" or mc.learn_inner_lr or mc.multi_step_loss \
+                or mc.per_step_lr or mc.per_step_bn_weights or mc.per_step_bn_stats or mc.first_order_iterations:
+            refuse(f"--peer {peer} trains plain MAML: use a MAML recipe with its trained head and no "
+                             f"learned rates or MAML++ options")
         self.experiment, self.model = experiment, method.model
         self.net = standard_conv4(self.model)
         case = Case("fomaml" if method.config.first_order else "maml", inner_steps=method.config.inner_steps,
                     inner_lr=method.config.inner_lr, outer_lr=config.train.lr)
         if config.train.optimizer != "adam" or config.train.schedule != "constant" or config.train.precision != "fp32":
-            raise SystemExit("--peer: the peer's step uses Adam at a constant rate in fp32, as the recipe must")
+            refuse("--peer: the peer's step uses Adam at a constant rate in fp32, as the recipe must")
         self.step = learn2learn(self.model, case, net=self.net)
         self.iterations, self.seconds = 0, 0.0
-        torch.manual_seed(config.train.seed)
 
     def train_until(self, seconds: float) -> tuple[float, int]:
         """Train (drawing batches included) until ``seconds`` of training in all; copy the weights into ours."""
-        from bench.peers import load_standard_conv4
-
         while self.seconds < seconds:
             began = time.perf_counter()
             loss = self.step(self.experiment.batch(self.iterations))
             self.seconds += time.perf_counter() - began
             self.iterations += 1
             if loss != loss:
-                raise SystemExit(f"--peer: the loss is NaN at iteration {self.iterations}")
+                refuse(f"--peer: the loss is NaN at iteration {self.iterations}")
         load_standard_conv4(self.net, self.model)
         return self.seconds, self.iterations
 
