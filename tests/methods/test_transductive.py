@@ -248,7 +248,8 @@ def test_shipped_checkpoints_read_as_transductive(path):
 def test_reproduction_recipes_say_transductive():
     gradient_based = [n for n in recipe_names() if n.startswith("omniglot_")
                       and yaml.safe_load(recipe_path(n).read_text())["method"]["name"] in METHODS]
-    assert len(gradient_based) == 20  # MAML, first-order MAML, MAML++, Reptile in 4 cells; ANIL, Meta-SGD in 2
+    assert len(gradient_based) == 22  # MAML, first-order MAML, MAML++, Reptile in 4 cells; ANIL, Meta-SGD in 2;
+    # Proto-MAML, first and second order, in 1
     for name in gradient_based:
         assert yaml.safe_load(recipe_path(name).read_text())["method"]["options"]["transductive"] is True, name
 
