@@ -2,8 +2,9 @@
 
 Each figure rests on 600 test episodes whose per-episode results are committed too (results/omniglot_episodes.json,
 written by ``bench/eval_zoo.py --scores``). The tests check that those results give the committed figure, and that
-each checkpoint, scored again by ``fewshot eval`` on the first ``FIRST`` of its episodes, gives the same results: the
-episodes are fixed, so task ``i`` is the same whether 100 or 600 are scored. (Scoring all 600 episodes of the 14
+each checkpoint, scored again by ``fewshot eval`` on the first ``FIRST`` of its episodes, gives the same results (up
+to ``TRADED`` queries, for other CPUs): the episodes are fixed, so task ``i`` is the same whether 100 or 600 are
+scored. (Scoring all 600 episodes of the 14
 checkpoints took 920 s of the suite's 1,318 s on one of its two workers, and each new cell adds more.)
 """
 
@@ -24,6 +25,11 @@ COMMITTED = OMNIGLOT["results"]
 EPISODES = json.loads((REPO / "results" / "omniglot_episodes.json").read_text())
 FIRST = 100
 """Episodes each zoo checkpoint is scored on again."""
+TRADED = 2
+"""Queries of those episodes whose answer may differ on another CPU: a query whose two best classes are within
+rounding flips with the kernels' summation order (on an AMD Zen 5, one query of Reptile's 7,500 did, 0.78480 against
+the 0.78467 written on an Intel Xeon and an AMD Zen 4). A real change of the checkpoint, the data or the protocol moves
+far more."""
 
 
 def committed_ci95(row: dict) -> float:
@@ -75,10 +81,10 @@ def test_every_zoo_checkpoint_reproduces_its_first_committed_episodes(row, data_
     result = json.loads(capsys.readouterr().out)
     mean, ci95 = mean_ci95(committed_scores(row)[:FIRST])
     assert result["episodes"] == FIRST
-    assert result["accuracy"] == pytest.approx(mean, abs=1e-6)
-    # the same mean to 1e-6; the interval to 1e-5: on another CPU one of Reptile's episodes can trade a query for
-    # another's (same mean, CI 3e-6 apart over 600 episodes between an AMD EPYC and an Intel Xeon)
-    assert result["ci95"] == pytest.approx(ci95, abs=1e-5)
+    # the same results up to TRADED queries (one query moves the mean by 1 / queries and the interval by less)
+    one_query = 1 / (FIRST * EPISODES[row_key(row)]["queries"])  # "queries": per episode
+    assert result["accuracy"] == pytest.approx(mean, abs=TRADED * one_query + 1e-6)
+    assert result["ci95"] == pytest.approx(ci95, abs=TRADED * one_query + 1e-5)
 
 
 TEXT = json.loads((REPO / "results" / "text_episodes.json").read_text())["runs"]
