@@ -109,14 +109,13 @@ class PeerTrainer:
     def __init__(self, experiment: Any, peer: str) -> None:
         config, method = experiment.config, experiment.method
         mc = method.config
-        if config.method.name != "maml" or mc.head_init != "trained" or mc.learn_inner_lr or mc.multi_step_loss \
-                or mc.per_step_lr or mc.per_step_bn_weights or mc.per_step_bn_stats or mc.first_order_iterations:
+        if config.method.name != "maml" or mc.head_init != "trained" or mc.learn_inner_lr or mc.plus_plus:
             refuse(f"--peer {peer} trains plain MAML: use a MAML recipe with its trained head and no "
-                             f"learned rates or MAML++ options")
+                   f"learned rates or MAML++ options")
         self.experiment, self.model = experiment, method.model
         self.net = standard_conv4(self.model)
-        case = Case("fomaml" if method.config.first_order else "maml", inner_steps=method.config.inner_steps,
-                    inner_lr=method.config.inner_lr, outer_lr=config.train.lr)
+        case = Case("fomaml" if mc.first_order else "maml", inner_steps=mc.inner_steps, inner_lr=mc.inner_lr,
+                    outer_lr=config.train.lr)
         if config.train.optimizer != "adam" or config.train.schedule != "constant" or config.train.precision != "fp32":
             refuse("--peer: the peer's step uses Adam at a constant rate in fp32, as the recipe must")
         self.step = learn2learn(self.model, case, net=self.net)
