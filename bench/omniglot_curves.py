@@ -78,7 +78,8 @@ def plot_time_to_accuracy(measured: dict[str, Any], out: Path) -> Path:
         points = run["points"]
         ax.errorbar([p["train_seconds"] / 60 for p in points], [100 * p["accuracy"] for p in points],
                     yerr=[100 * p["ci95"] for p in points], marker="o", capsize=3,
-                    label=f"{label} ({run['threads']} threads, {run['cpu']})")
+                    label=f"{label} ({run['threads']} threads, {run['cpu']}"
+                          + (f", {run['cpu_generation']})" if run.get("cpu_generation") else ")"))
     ax.set(xlabel="training time (minutes, scoring not counted)", ylabel="test accuracy (%), 600 episodes",
            title="Omniglot 5-way 1-shot: time to accuracy")
     ax.grid(alpha=0.3)

@@ -84,9 +84,11 @@ def main() -> None:
                        "iterations": iterations, "accuracy": score.accuracy, "ci95": score.ci95,
                        "episodes": score.episodes, "eval_seconds": round(time.perf_counter() - began, 1)})
         print(json.dumps(points[-1]), flush=True)
+    here = machine()
     report = {"label": label, "recipe": args.recipe, "overrides": args.overrides, "peer": args.peer,
               "threads": args.threads,
-              "cpu": machine()["cpu"], "torch": torch.__version__, "load_average_before": load_before,
+              "cpu": here["cpu"], "cpu_generation": here["cpu_generation"], "torch": torch.__version__,
+              "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "points": points}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{label}.json").write_text(json.dumps(report, indent=2) + "\n")

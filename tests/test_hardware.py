@@ -21,10 +21,19 @@ def test_bf16_support_is_read_from_the_cpu_flags(tmp_path, extra, expected):
     assert "avx2" in hardware.cpu_flags(info)
 
 
+def test_the_cpu_generation_tells_apart_cpus_of_one_name(tmp_path):
+    zen5 = tmp_path / "zen5"
+    zen5.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n")
+    assert hardware.cpu_generation(zen5) == "family 26, model 2"  # not "model name"'s value
+    assert hardware.cpuinfo_value(("model name",), zen5) == "AMD EPYC"
+
+
 def test_unknown_cpus_are_not_guessed(tmp_path):
     (tmp_path / "no_flags").write_text("processor\t: 0\nCPU implementer\t: 0x41\n")  # e.g. aarch64 lists Features
     assert hardware.cpu_has_bf16(tmp_path / "no_flags") is None
     assert hardware.cpu_has_bf16(tmp_path / "missing") is None
+    assert hardware.cpu_generation(tmp_path / "no_flags") is None
+    assert hardware.cpu_generation(tmp_path / "missing") is None
 
 
 def test_bf16_without_instructions_warns_once(monkeypatch, capsys):

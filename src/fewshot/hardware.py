@@ -69,8 +69,16 @@ def bf16_autocast(device_type: str, enabled: bool, setting: str) -> torch.autoca
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def cpu_generation(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """``"family F, model M"`` from an x86 ``/proc/cpuinfo``, which tells apart CPUs sold under one name (an AMD
+    EPYC Zen 4 is family 25, a Zen 5 family 26); ``None`` where the file does not say."""
+    family, model = cpuinfo_value(("cpu family",), cpuinfo), cpuinfo_value(("model",), cpuinfo)
+    return None if family is None or model is None else f"family {family}, model {model}"
+
+
 def machine() -> dict[str, Any]:
-    """This machine as a run records it: CPU model and cores, torch threads, bfloat16 support, GPUs, versions."""
+    """This machine as a run records it: CPU name, generation and cores, torch threads, bfloat16 support, GPUs,
+    versions."""
     cpu = cpuinfo_value(("model name", "Model", "Hardware"))
     try:
         usable = len(os.sched_getaffinity(0))
@@ -80,7 +88,8 @@ def machine() -> dict[str, Any]:
         else []
     return {
         "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu": cpu or platform.processor() or None, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
+        "cpu": cpu or platform.processor() or None, "cpu_generation": cpu_generation(),
+        "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
         "torch_threads": torch.get_num_threads(), "cpu_bf16": cpu_has_bf16(), "gpus": gpus,
         "cuda_bf16": bool(torch.cuda.is_bf16_supported()) if gpus else None,
     }

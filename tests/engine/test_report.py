@@ -188,13 +188,13 @@ def test_page_renders_in_a_headless_browser(trained, tmp_path):
 
 def test_a_job_over_several_machines_names_each():
     here = {"cpu": "Xeon", "cpu_cores_usable": 2, "torch_threads": 1, "gpus": []}
-    there = {**here, "cpu": "EPYC", "gpus": ["H100"]}
+    there = {**here, "cpu": "EPYC", "cpu_generation": "family 26, model 2", "gpus": ["H100"]}
     assert other_machines([here, here]) == {}
     grouped = other_machines([here, there, here, there, {**here, "torch_threads": 4}])
     assert [(m["ranks"], m["cpu"], m["torch_threads"]) for m in grouped["other_machines"]] == [
         ([1, 3], "EPYC", 1), ([4], "Xeon", 4)]
     line = describe_machine({**here, "world_size": 5, "device": "cpu", "precision": "fp32", **grouped})
     assert line.startswith("Xeon (2 cores usable), 1 torch thread(s), no GPU, 5 processes")
-    assert line.endswith("; ranks 1, 3 on EPYC (2 cores usable), 1 torch thread(s), H100; rank 4 on Xeon (2 cores "
-                         "usable), 4 torch thread(s), no GPU")
+    assert line.endswith("; ranks 1, 3 on EPYC (family 26, model 2) (2 cores usable), 1 torch thread(s), H100; "
+                         "rank 4 on Xeon (2 cores usable), 4 torch thread(s), no GPU")
 

@@ -329,7 +329,8 @@ def _environment(env: dict[str, Any], stretches: list[dict[str, Any]]) -> str:
     if env.get("cpu_cores_usable") not in (None, cores):
         cores = f"{cores} ({env['cpu_cores_usable']} usable by this process)"
     rows = [["fewshot", env.get("fewshot")], ["torch", env.get("torch")], ["python", env.get("python")],
-            ["platform", env.get("platform")], ["CPU", env.get("cpu") or "unknown"], ["CPU cores", cores],
+            ["platform", env.get("platform")], ["CPU", env.get("cpu") or "unknown"],
+            ["CPU generation", env.get("cpu_generation") or "unknown"], ["CPU cores", cores],
             ["torch threads", env.get("torch_threads")],
             ["CPU bfloat16 instructions", yes_no(env.get("cpu_bf16"))],
             ["GPU", ", ".join(env.get("gpus") or []) or "none"]]

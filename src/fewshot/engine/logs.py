@@ -189,7 +189,10 @@ def other_machines(machines: list[dict[str, Any]]) -> dict[str, Any]:
 def _hardware(machine: dict[str, Any]) -> str:
     cores = machine.get("cpu_cores_usable") or machine.get("cpu_cores")
     gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
-    return f"{machine.get('cpu') or 'unknown CPU'} ({cores} cores usable), {machine.get('torch_threads')} torch " \
+    cpu = machine.get("cpu") or "unknown CPU"
+    if machine.get("cpu_generation"):
+        cpu += f" ({machine['cpu_generation']})"
+    return f"{cpu} ({cores} cores usable), {machine.get('torch_threads')} torch " \
            f"thread(s), {gpus}"
 
 
