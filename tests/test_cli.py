@@ -59,6 +59,12 @@ def test_train_eval_resume(tmp_path, data_root, capsys):
     loose.write_bytes((run / "checkpoints" / "best.safetensors").read_bytes())
     assert main(["eval", str(loose), "--episodes", "8", "--data-root", str(data_root)]) == 0
     assert "recorded" not in capsys.readouterr().err and not (tmp_path / "eval").exists()
+    assert main(["eval", str(loose), "--episodes", "8", "--json", "--per-episode", "--data-root", str(data_root)]) == 0
+    each = json.loads(capsys.readouterr().out)
+    assert len(each["per_episode"]) == 8 and sum(each["per_episode"]) / 8 == pytest.approx(result["accuracy"])
+    assert main(["eval", str(loose), "--per-episode", "--data-root", str(data_root)]) == 2  # nowhere to print them
+    err = capsys.readouterr().err
+    assert err == "fewshot: error: --per-episode adds each episode's accuracy to the JSON output: add --json\n"
 
 
 def test_errors_are_one_line(tmp_path, data_root, capsys):

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--per-episode", action="store_true",
+                   help="with --json: also each episode's accuracy, in episode order (\"per_episode\"), e.g. for "
+                        "a paired test against another model's scores on the same episodes")
     p.add_argument("--fresh", action="store_true",
                    help="score every episode again instead of continuing from the episodes already recorded in "
                         "<run>/checkpoints/eval/ (an interrupted evaluation of a run folder resumes by default)")
@@ -357,6 +360,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fewshot.engine.experiment import build_experiment
     from fewshot.engine.scoring import load_weights, score
 
+    if args.per_episode and not args.json:
+        raise FewShotError("--per-episode adds each episode's accuracy to the JSON output: add --json")
     target = args.target
     path = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
     if target.is_dir() and not path.is_file():
@@ -370,7 +375,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     load_weights(experiment.method, ckpt.weights, path)
     result = score(experiment, path, args.episodes, args.split, progress=not args.json, fresh=args.fresh)
     if args.json:
-        print(json.dumps({**result.to_dict(), "method": config.method.name, "recipe": config.name,
+        answer = result.to_dict(per_episode=args.per_episode)
+        print(json.dumps({**answer, "method": config.method.name, "recipe": config.name,
                           "split": args.split or config.eval.split, "checkpoint": str(path)}))
     else:
         print(result)
