@@ -130,8 +130,8 @@ def test_default_image_model_is_cited_and_scores(omniglot20, tmp_path, capsys):
     out = tmp_path / "default"
     assert main(["fit", str(omniglot20 / "support"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "default model: omniglot_5w5s_metaoptnet.safetensors (metaoptnet)" in printed
-    assert "98.87 ± 0.14% on Omniglot 5-way 5-shot" in printed and "results/omniglot.json" in printed
+    assert "default model: omniglot_20w5s_protonet.safetensors (protonet, scored 5-way)" in printed
+    assert "99.56 ± 0.10% on Omniglot 5-way 5-shot" in printed and "results/omniglot.json" in printed
     assert main(["predict", str(out), str(omniglot20 / "queries"), "--out", str(tmp_path / "p.csv"),
                  "--no-progress"]) == 0
     assert _accuracy(tmp_path / "p.csv") >= 0.95  # measured 97.33%

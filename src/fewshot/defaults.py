@@ -32,7 +32,7 @@ IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
     ("omniglot_20w1s_protonet", 1): (98.43, 0.23), ("omniglot_20w1s_protonet_trainval", 1): (98.50, 0.23),
     ("omniglot_5w5s_protonet", 5): (98.31, 0.18), ("omniglot_5w5s_maml", 5): (92.48, 0.36),
     ("omniglot_5w5s_anil", 5): (93.68, 0.39), ("omniglot_5w5s_metaoptnet", 5): (98.87, 0.14),
-    ("omniglot_5w5s_baseline_conv4", 5): (96.78, 0.24),
+    ("omniglot_5w5s_baseline_conv4", 5): (96.78, 0.24), ("omniglot_20w5s_protonet", 5): (99.56, 0.10),
 }
 """``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint's 5-way row
 (``zoo/<name>.safetensors``; a 20-way checkpoint's row scored with ``eval.way=5``)."""
