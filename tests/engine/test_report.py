@@ -195,6 +195,6 @@ def test_a_job_over_several_machines_names_each():
         ([1, 3], "EPYC", 1), ([4], "Xeon", 4)]
     line = describe_machine({**here, "world_size": 5, "device": "cpu", "precision": "fp32", **grouped})
     assert line.startswith("Xeon (2 cores usable), 1 torch thread(s), no GPU, 5 processes")
-    assert line.endswith("; ranks 1, 3 on EPYC (family 26, model 2) (2 cores usable), 1 torch thread(s), H100; "
+    assert line.endswith("; ranks 1, 3 on EPYC, family 26, model 2 (2 cores usable), 1 torch thread(s), H100; "
                          "rank 4 on Xeon (2 cores usable), 4 torch thread(s), no GPU")
 

@@ -191,7 +191,7 @@ def _hardware(machine: dict[str, Any]) -> str:
     gpus = ", ".join(machine.get("gpus") or []) or "no GPU"
     cpu = machine.get("cpu") or "unknown CPU"
     if machine.get("cpu_generation"):
-        cpu += f" ({machine['cpu_generation']})"
+        cpu += f", {machine['cpu_generation']}"
     return f"{cpu} ({cores} cores usable), {machine.get('torch_threads')} torch " \
            f"thread(s), {gpus}"
 
