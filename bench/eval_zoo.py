@@ -42,11 +42,11 @@ def export(run_dir: Path, zoo: Path, which: str = "best") -> Path:
     return out
 
 
-def correct_counts(result) -> dict:
-    """Per-episode results as whole numbers: correct queries out of ``queries`` in each episode."""
-    queries = result.way * result.query
-    correct = [round(score * queries) for score in result.per_episode]
-    assert all(abs(c - s * queries) < 1e-3 for c, s in zip(correct, result.per_episode, strict=True))
+def correct_counts(per_episode: list[float], queries: int) -> dict:
+    """Per-episode accuracies as whole numbers: correct queries out of ``queries`` in each episode (each accuracy
+    must be such a fraction)."""
+    correct = [round(score * queries) for score in per_episode]
+    assert all(abs(c - s * queries) < 1e-3 for c, s in zip(correct, per_episode, strict=True))
     return {"queries": queries, "correct": correct}
 
 
@@ -69,7 +69,7 @@ def evaluate_zoo(zoo: Path, episodes: int, root: str | None, only: str = "*", sc
         result = score(experiment, episodes=episodes)
         cell = f"{config.eval.way}w{config.eval.shot}s"
         if scores is not None:
-            scores[scores_key(path, overrides)] = correct_counts(result)
+            scores[scores_key(path, overrides)] = correct_counts(result.per_episode, result.way * result.query)
         variant = "fomaml" if config.method.options.get("first_order") else config.method.name
         rows.append({"checkpoint": str(path), "recipe": config.name, **({"overrides": overrides} if overrides else {}),
                      "method": variant, "cell": cell,
