@@ -8,7 +8,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fewshot.errors import FewShotError
 
@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", type=Path, help="run folder or .safetensors checkpoint")
     p.add_argument("--episodes", type=int, help="number of test episodes (default: the recipe's, 600)")
     p.add_argument("--split", help="split to evaluate (default test)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run folder")
+    p.add_argument("--checkpoint", choices=("best", "last"), help="which checkpoint of a run folder (default best)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="score the run folder's K best-validated checkpoints together (kept when it trains with "
+                        "train.keep_best >= K): each adapts to a task, the class of highest mean probability wins")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--per-episode", action="store_true",
@@ -363,24 +366,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.per_episode and not args.json:
         raise FewShotError("--per-episode adds each episode's accuracy to the JSON output: add --json")
     target = args.target
-    path = target / "checkpoints" / f"{args.checkpoint}.safetensors" if target.is_dir() else target
-    if target.is_dir() and not path.is_file():
+    members = _ensemble_members(args) if args.ensemble is not None else []
+    checkpoint = args.checkpoint or "best"
+    path = target / "checkpoints" / f"{checkpoint}.safetensors" if target.is_dir() else target
+    if target.is_dir() and not path.is_file() and not members:
         kept = sorted(p.stem for p in (target / "checkpoints").glob("*.safetensors"))
-        raise FewShotError(f"{target} has no {args.checkpoint} checkpoint ({path}); it has "
+        raise FewShotError(f"{target} has no {checkpoint} checkpoint ({path}); it has "
                            f"{', '.join(kept) if kept else 'none'}")
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(members[0] if members else path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, args.overrides))
     config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
     experiment = build_experiment(config, args.data_root)
-    load_weights(experiment.method, ckpt.weights, path)
+    if members:
+        path = _ensemble(experiment, members, target)
+    else:
+        load_weights(experiment.method, ckpt.weights, path)
     result = score(experiment, path, args.episodes, args.split, progress=not args.json, fresh=args.fresh)
     if args.json:
         answer = result.to_dict(per_episode=args.per_episode)
+        which = {"checkpoints": [str(m) for m in members]} if members else {"checkpoint": str(path)}
         print(json.dumps({**answer, "method": config.method.name, "recipe": config.name,
-                          "split": args.split or config.eval.split, "checkpoint": str(path)}))
+                          "split": args.split or config.eval.split, **which}))
     else:
         print(result)
     return 0
+
+
+def _ensemble_members(args: argparse.Namespace) -> list[Path]:
+    """The checkpoint files ``fewshot eval --ensemble K`` scores together (a clear error for what it cannot)."""
+    from fewshot.engine.ensemble import top_checkpoints
+
+    if not args.target.is_dir():
+        raise FewShotError(f"--ensemble scores a run folder's kept best checkpoints; {args.target} is not a folder")
+    if args.checkpoint:
+        raise FewShotError(f"--ensemble scores the {args.ensemble} best checkpoints, not --checkpoint "
+                           f"{args.checkpoint}: give one of the two")
+    return top_checkpoints(args.target, args.ensemble)
+
+
+def _ensemble(experiment: Any, members: list[Path], run_dir: Path) -> Path:
+    """Put the ensemble of ``members`` in place of ``experiment``'s method; returns the path its scores are
+    recorded under (``checkpoints/top<K>``)."""
+    from fewshot.engine.checkpoint import load_checkpoint
+    from fewshot.engine.ensemble import Ensemble
+    from fewshot.engine.experiment import EpisodicExperiment
+    from fewshot.engine.scoring import load_weights
+
+    if not isinstance(experiment, EpisodicExperiment):
+        raise FewShotError(f"--ensemble scores methods on test episodes; a {experiment.config.experiment} run is "
+                           "scored another way")
+    weights = []
+    for member in members:
+        weights.append(load_checkpoint(member).weights)
+        load_weights(experiment.method, weights[-1], member)  # each fits the model, or one clear line
+    experiment.method = Ensemble(experiment.method, weights)
+    return run_dir / "checkpoints" / f"top{len(members)}.safetensors"
 
 
 def _plus_minus(ci: float) -> str:

@@ -75,6 +75,10 @@ class TrainConfig:
     val_every: int = 500
     val_episodes: int = 200
     checkpoint_every: int = 500
+    keep_best: int = 1
+    """How many of the best-validated weights a run keeps: 1, the best (``checkpoints/best.safetensors``); ``K > 1``,
+    also the ``K`` best as ``checkpoints/top/<iteration>.safetensors`` (weights only), which
+    ``fewshot eval --ensemble K`` scores together, as MAML++ (Antoniou et al. 2019) scores its top 5."""
     log_every: int = 10
     seed: int = 0
     threads: int = 0
@@ -117,8 +121,8 @@ class TrainConfig:
             raise FewShotError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.iterations < 0:
             raise FewShotError(f"train.iterations must be >= 0 (0: nothing to train), got {self.iterations}")
-        for name in ("way", "shot", "meta_batch", "batch_size", "val_every", "checkpoint_every", "log_every",
-                     "step_size"):
+        for name in ("way", "shot", "meta_batch", "batch_size", "val_every", "checkpoint_every", "keep_best",
+                     "log_every", "step_size"):
             if getattr(self, name) < 1:
                 raise FewShotError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("query", "val_episodes", "threads"):

@@ -232,6 +232,48 @@ def _foreign_safetensors(folder, data):
     return ["eval", "model.safetensors", "--episodes", "2", *EVAL]
 
 
+def _ensemble(*args: str, change=None):
+    """``fewshot eval --ensemble`` on a copy of the tiny ProtoNet run that keeps its 2 best validations
+    (``change(run)`` first)."""
+    def setup(folder, data):
+        run = copy_run("protonet_top", data, folder / "run")
+        if change is not None:
+            change(run)
+        return ["eval", *args, "--episodes", "2", *EVAL]
+
+    return setup
+
+
+def _kept(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints" / "top").glob("*.safetensors"))
+
+
+def _top_list(value):
+    """The run's last checkpoint with its list of kept validations replaced by ``value``."""
+    def change(run):
+        path = run / "checkpoints" / "last.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata())
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        saved = json.loads(meta["fewshot"])
+        saved["extra"]["top_validations"] = value
+        meta["fewshot"] = json.dumps(saved)
+        path.write_bytes(save(tensors, metadata=meta))
+
+    return change
+
+
+def _ensemble_scored(folder: Path, out: str) -> None:
+    """Two kept checkpoints scored together, their record kept apart from the best checkpoint's."""
+    result = _result(out)
+    with safe_open(str(folder / "run/checkpoints/last.safetensors"), framework="pt") as f:
+        top = json.loads(f.metadata()["fewshot"])["extra"]["top_validations"]
+    assert [Path(p).name for p in result["checkpoints"]] == [f"{iteration}.safetensors" for iteration, _ in top]
+    assert [p.name for p in _kept(folder / "run")] == sorted(f"{iteration}.safetensors" for iteration, _ in top)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["episodes"] == 2
+    assert (folder / "run/checkpoints/eval/top2_test_5w1s15q_seed0.json").is_file()
+
+
 # --- embedding caches ------------------------------------------------------------------------------------------------
 
 def _cache_key(run: Path) -> str:
@@ -364,6 +406,32 @@ CASES = [
     Case("run whose best checkpoint has an infinite weight", "checkpoint",
          _checkpoint(change_tensors=_poison(math.inf), loose=False),
          match=r"weight tensor '[\w.]+' holds 1 NaN or infinite value"),
+    Case("eval --ensemble of a run that keeps only its best", "checkpoint",
+         lambda f, d: ["eval", str(copy_run("protonet", d, f / "run")), "--ensemble", "2", *EVAL],
+         match=r"has not kept 2 best-validated checkpoints: it keeps only its best \(train.keep_best: 1\)"),
+    Case("eval --ensemble of more checkpoints than kept", "checkpoint", _ensemble("run", "--ensemble", "3"),
+         match=r"has not kept 3 best-validated checkpoints: it keeps 2 \(train.keep_best\) and has 2 so far"),
+    Case("eval --ensemble 1", "checkpoint", _ensemble("run", "--ensemble", "1"),
+         match=r"--ensemble takes a number of checkpoints >= 2, got 1"),
+    Case("eval --ensemble with --checkpoint", "checkpoint", _ensemble("run", "--ensemble", "2", "--checkpoint", "best"),
+         match=r"--ensemble scores the 2 best checkpoints, not --checkpoint best"),
+    Case("eval --ensemble of a checkpoint file", "checkpoint",
+         _ensemble("run/checkpoints/best.safetensors", "--ensemble", "2"), match=r"is not a folder"),
+    Case("eval --ensemble with a kept checkpoint deleted", "checkpoint",
+         _ensemble("run", "--ensemble", "2", change=lambda run: _kept(run)[0].unlink()),
+         match=r"lists 2 best checkpoints but \S+top/\d+\.safetensors is missing"),
+    Case("eval --ensemble with a kept checkpoint cut short", "checkpoint",
+         _ensemble("run", "--ensemble", "2", change=lambda run: _kept(run)[0].write_bytes(b"\0" * 40)),
+         match=r"top/\d+\.safetensors is not a readable"),
+    Case("eval --ensemble with a damaged list of kept checkpoints", "checkpoint",
+         _ensemble("run", "--ensemble", "2", change=_top_list([["4", 0.5]])),
+         match=r"last\.safetensors has damaged fewshot metadata: top_validations must be a list of"),
+    Case("resume with a damaged list of kept checkpoints", "checkpoint",
+         lambda f, d: _top_list({"a": 1})(copy_run("protonet_top", d, f / "run")) or
+         ["train", "run", "--resume", "train.iterations=6", "--no-progress"],
+         match=r"last\.safetensors has damaged fewshot metadata: top_validations must be a list of"),
+    Case("eval --ensemble of the kept checkpoints", "checkpoint", _ensemble("run", "--ensemble", "2"), expect="ok",
+         check=_ensemble_scored),
     Case("resume with an iteration that is not a count", "checkpoint",
          _checkpoint(_meta(iteration="four"), loose=False, command="resume", name="last"),
          match=r"iteration is 'four', not a count"),

@@ -2,11 +2,12 @@
 survives the machine it runs on: a disk that outlives the machine, a mounted share, a folder that is committed or
 synced at intervals.
 
-After every ``last`` checkpoint the trainer copies, each file atomically and in this order, ``config.yaml``, the
-metrics, ``best`` and then ``last``: the mirror is a complete run folder at every moment, whose metrics may run ahead
-of its ``last`` checkpoint (a resume drops those rows) but never behind it. At the end of ``fewshot train`` the whole
-folder (curves, reports, ``test.json``) is copied. Continue on another machine with
-``fewshot train DIR --resume`` (the mirror is a run folder), or copy it back first.
+After every ``last`` checkpoint the trainer copies, each file atomically and in this order, the kept best
+checkpoints not yet copied (``checkpoints/top/``, :mod:`.ensemble`), ``config.yaml``, the metrics, ``best`` and then
+``last``, and then deletes the kept checkpoints the run no longer keeps: the mirror is a complete run folder at every
+moment, whose metrics may run ahead of its ``last`` checkpoint (a resume drops those rows) but never behind it. At
+the end of ``fewshot train`` the whole folder (curves, reports, ``test.json``) is copied. Continue on another machine
+with ``fewshot train DIR --resume`` (the mirror is a run folder), or copy it back first.
 
 A mirror goes only into a new or empty folder, or into the mirror of the same run: its marker ``.fewshot-mirror``
 holds the run folder's path, or (a run copied to another place or machine and resumed there) its ``config.yaml`` is
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from fewshot.engine.ensemble import TOP
 from fewshot.engine.run_folder import LOCK, RUN_FILES
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
@@ -42,7 +44,8 @@ class Mirror:
 
     def sync_checkpoint(self) -> None:
         """Copy what a resume needs (after a ``last`` checkpoint)."""
-        self._copy(CHECKPOINT_ORDER)
+        self._copy([*self._new_top(), *CHECKPOINT_ORDER])
+        self._drop_top()
 
     def sync_all(self) -> None:
         """Copy every file of the run folder (at the end of a run)."""
@@ -50,6 +53,23 @@ class Mirror:
                        if p.is_file() and p.name != LOCK and ".tmp" not in p.name)
         rest = [n for n in names if n not in CHECKPOINT_ORDER]
         self._copy([*rest, *CHECKPOINT_ORDER])
+        self._drop_top()
+
+    def _new_top(self) -> list[str]:
+        """The run's kept best checkpoints that the mirror lacks or holds an older copy of."""
+        folder, there = self.run_dir / "checkpoints" / TOP, self.target / "checkpoints" / TOP
+        return [f"checkpoints/{TOP}/{p.name}" for p in sorted(folder.glob("*.safetensors"))
+                if not (there / p.name).is_file() or (there / p.name).stat().st_mtime < p.stat().st_mtime]
+
+    def _drop_top(self) -> None:
+        """Delete the mirror's kept checkpoints that the run no longer keeps."""
+        kept = {p.name for p in (self.run_dir / "checkpoints" / TOP).glob("*.safetensors")}
+        try:
+            for path in (self.target / "checkpoints" / TOP).glob("*.safetensors"):
+                if path.name not in kept:
+                    path.unlink()
+        except OSError:
+            pass  # a stale copy is not listed by the mirror's last checkpoint: harmless, and retried next time
 
     def _copy(self, names: Iterable[str]) -> None:
         try:

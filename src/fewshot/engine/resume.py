@@ -2,12 +2,13 @@
 
 A resumed run ends bit-identical to one trained without a break under the settings in its ``config.yaml``. Settings
 that leave the computation as it was may differ from the checkpoint's: how often the run is validated, saved and
-logged, where its data are, the budget ``train.iterations`` if the learning-rate schedule does not span it
-(``constant``, ``step``) and the run has not already gone past it, and where and how fast it runs
+logged, how many best checkpoints it keeps (``train.keep_best``; weights that an earlier setting did not keep are
+not kept afterwards), where its data are, the budget ``train.iterations`` if the learning-rate schedule does not span
+it (``constant``, ``step``) and the run has not already gone past it, and where and how fast it runs
 (``train.threads``, ``train.device``: the same computation, though sums may round differently there; the
-``train.dist_timeout`` of a distributed run). Any other
-change is refused, naming the keys, unless the resume is forced; a forced resume is recorded in the run folder
-(``config.yaml``, ``metrics.jsonl``, ``report.md`` and the checkpoints).
+``train.dist_timeout`` of a distributed run). Any other change is refused, naming the keys, unless the resume is
+forced; a forced resume is recorded in the run folder (``config.yaml``, ``metrics.jsonl``, ``report.md`` and the
+checkpoints).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fewshot.engine.logs import describe_changes
 from fewshot.errors import FewShotError
 
 FREE_ON_RESUME = ("train.threads", "train.device", "train.val_every", "train.val_episodes", "train.checkpoint_every",
-                  "train.log_every", "train.dist_timeout", "data.root")
+                  "train.keep_best", "train.log_every", "train.dist_timeout", "data.root")
 """Settings a resume may change without ``--force``."""
 BUDGET_SCHEDULES = ("linear", "cosine", "inverse")
 """Schedules whose learning rate at an iteration depends on ``train.iterations``."""

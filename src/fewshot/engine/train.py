@@ -27,6 +27,7 @@ from fewshot.config import RunConfig, TrainConfig
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fewshot.engine.ensemble import keep_top, read_top
 from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, other_machines, plot_curves, write_report
@@ -121,6 +122,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
     optimizer = make_optimizer(params, cfg)
     ckpt_dir = run_dir / "checkpoints"
     start, best, best_it, wall_before, saved_at = 0, -1.0, -1, 0.0, -1
+    top: list[list[Any]] = []  # the kept best validations, [iteration, accuracy], best first (train.keep_best > 1)
     forced: list[dict[str, Any]] = []
     changed: dict[str, list[Any]] = {}
     pending_validation = False
@@ -133,6 +135,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
         start = saved_at = ckpt.iteration
         best, best_it = ckpt.extra.get("best_val_accuracy", -1.0), ckpt.extra.get("best_val_iteration", -1)
         wall_before = float(ckpt.extra.get("wall_seconds", 0.0))
+        top = read_top(ckpt.extra, ckpt_dir / LAST)
         forced = list(ckpt.extra.get("forced_resumes", []))
         pending_validation = bool(ckpt.extra.get("validation_pending")) and cfg.val_episodes > 0
         if changed:
@@ -169,7 +172,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
         if not main:
             saved_at = iteration if path.name == LAST else saved_at
             return
-        extra = {"best_val_accuracy": best, "best_val_iteration": best_it,
+        extra = {"best_val_accuracy": best, "best_val_iteration": best_it, "top_validations": top,
                  "wall_seconds": wall_before + time.perf_counter() - began, "forced_resumes": forced, **flags}
         with writing(path):  # a failed write leaves the previous checkpoint as it was
             save_checkpoint(path, Checkpoint(method.state_dict(), iteration, config.to_dict(),
@@ -181,8 +184,12 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
 
     stop = _StopSignals()
 
+    def keep_weights(path: Path, iteration: int) -> None:  # the weights alone, for an ensemble of the best
+        with writing(path):
+            save_checkpoint(path, Checkpoint(method.state_dict(), iteration, config.to_dict()))
+
     def validate(done: int) -> None:
-        nonlocal best, best_it
+        nonlocal best, best_it, top
         with torch.random.fork_rng(), stop.interruptible():
             val = experiment.validate(cfg.val_episodes)
         method.train()
@@ -191,6 +198,8 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
                         "seconds": wall_before + time.perf_counter() - began})
         if bar is not None:
             bar.write(f"[{config.name}] iteration {done}: validation {val}")
+        if (cfg.keep_best > 1 or top) and main:
+            top = keep_top(ckpt_dir, top, done, val.accuracy, cfg.keep_best, lambda p: keep_weights(p, done))
         if val.accuracy > best:
             best, best_it = val.accuracy, done
             save(ckpt_dir / BEST, done)

@@ -1,0 +1,135 @@
+"""A run's K best-validated checkpoints, kept while it trains and scored together.
+
+With ``train.keep_best: K`` (K > 1) the trainer keeps, beside ``best.safetensors``, the weights of the K best
+validations so far as ``checkpoints/top/<iteration>.safetensors`` (:func:`keep_top`); the list, best first, is in
+every checkpoint's ``extra["top_validations"]`` as ``[iteration, accuracy]`` pairs, so a resumed run goes on with it.
+``fewshot eval RUN --ensemble K`` scores the K best together (:class:`Ensemble`): each member adapts to a task on
+its own, and the prediction is the class of highest mean probability over the members (MAML++, Antoniou et al.
+2019, reports the ensemble of its top 5 validation checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fewshot.errors import FewShotError
+
+TOP = "top"
+"""The folder under ``checkpoints/`` that holds the kept weights."""
+
+
+def top_file(checkpoints: Path, iteration: int) -> Path:
+    """Where the weights validated at ``iteration`` are kept."""
+    return Path(checkpoints) / TOP / f"{iteration}.safetensors"
+
+
+def rank(top: list[list[Any]], iteration: int, accuracy: float, keep: int) -> list[list[Any]]:
+    """``top`` (``[iteration, accuracy]`` pairs, best first) with this validation added where it ranks, cut to the
+    ``keep`` best. Ties go to the earlier iteration, as ``best.safetensors`` does (a later score must be higher)."""
+    entries = [e for e in top if e[0] != iteration] + [[iteration, accuracy]]
+    return sorted(entries, key=lambda e: (-e[1], e[0]))[:keep]
+
+
+def keep_top(checkpoints: Path, top: list[list[Any]], iteration: int, accuracy: float, keep: int,
+             write: Callable[[Path], None]) -> list[list[Any]]:
+    """Rank the validation of ``iteration``; if it is among the ``keep`` best, ``write(path)`` its weights. Then
+    delete the kept files that are no longer among them (and any a killed run left behind). Returns the new list
+    (empty, every kept file deleted, when ``keep`` is 1: the best alone is ``best.safetensors``)."""
+    ranked = rank(top, iteration, accuracy, keep) if keep > 1 else []
+    if any(e[0] == iteration for e in ranked):
+        write(top_file(checkpoints, iteration))
+    listed = {top_file(checkpoints, e[0]).name for e in ranked}
+    for path in (Path(checkpoints) / TOP).glob("*.safetensors"):
+        if path.name not in listed:
+            path.unlink(missing_ok=True)
+    return ranked
+
+
+def _pair(entry: Any) -> bool:
+    """Whether ``entry`` is ``[iteration, accuracy]`` (an int and a number, neither a bool)."""
+    return (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int
+            and isinstance(entry[1], (int, float)) and not isinstance(entry[1], bool))
+
+
+def read_top(extra: dict[str, Any], source: Path) -> list[list[Any]]:
+    """The kept best validations a checkpoint lists (``extra["top_validations"]``; none in one written before they
+    were kept); a clear error when the list is damaged."""
+    top = extra.get("top_validations", [])
+    if not isinstance(top, list) or not all(_pair(e) for e in top):
+        raise FewShotError(f"{source} has damaged fewshot metadata: top_validations must be a list of "
+                           f"[iteration, accuracy] pairs, got {json.dumps(top)[:80]}")
+    return [list(e) for e in top]
+
+
+def top_checkpoints(run_dir: Path, count: int) -> list[Path]:
+    """The files of the run's ``count`` best validations, best first (read from its ``last`` checkpoint); a clear
+    error when the run kept fewer."""
+    from fewshot.engine.checkpoint import load_checkpoint
+
+    checkpoints = Path(run_dir) / "checkpoints"
+    if count < 2:
+        raise FewShotError(f"--ensemble takes a number of checkpoints >= 2, got {count}")
+    last = load_checkpoint(checkpoints / "last.safetensors")
+    top = read_top(last.extra, checkpoints / "last.safetensors")
+    keep = int((last.config.get("train") or {}).get("keep_best", 1))
+    if len(top) < count:
+        how = (f"it keeps {keep} (train.keep_best) and has {len(top)} so far" if keep > 1 else
+               "it keeps only its best (train.keep_best: 1)")
+        raise FewShotError(f"{run_dir} has not kept {count} best-validated checkpoints: {how}; train with "
+                           f"train.keep_best={count} or more (a resume may raise it) and validate again")
+    paths = [top_file(checkpoints, int(e[0])) for e in top[:count]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FewShotError(f"{run_dir} lists {count} best checkpoints but {missing[0]} is missing"
+                           f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
+    return paths
+
+
+class Ensemble(nn.Module):
+    """Several weight sets of one method scored as one: each member adapts to a task with its own weights, and the
+    prediction is the log of the members' mean class probabilities (so its argmax is the class of highest mean
+    probability). It offers what :func:`~fewshot.engine.evaluate.evaluate` uses of a method: ``predict``,
+    ``device``, ``end_evaluation``."""
+
+    def __init__(self, method: nn.Module, members: list[dict[str, torch.Tensor]]) -> None:
+        super().__init__()
+        if not members:
+            raise FewShotError("an ensemble needs at least one set of weights")
+        self.method = method
+        self.members = members
+
+    @property
+    def device(self) -> torch.device:
+        return self.method.device
+
+    def predict(self, episode: Any) -> torch.Tensor:
+        own = {k: v.clone() for k, v in self.method.state_dict().items()}
+        total: torch.Tensor | None = None
+        try:
+            for weights in self.members:
+                self.method.load_state_dict(weights)
+                probabilities = self.method.predict(episode).float().softmax(-1)
+                total = probabilities if total is None else total + probabilities
+        finally:
+            self.method.load_state_dict(own)
+        assert total is not None
+        return (total / len(self.members)).log()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Every member's weights, numbered: what identifies the ensemble's scores (its evaluation record)."""
+        return {f"{i}.{key}": value for i, weights in enumerate(self.members) for key, value in weights.items()}
+
+    def set_class_names(self, names: Any) -> None:
+        self.method.set_class_names(names)
+
+    def end_evaluation(self) -> None:
+        self.method.end_evaluation()
+
+    def forget_caches(self) -> None:
+        self.method.forget_caches()
