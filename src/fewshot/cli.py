@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="score the run folder's K best-validated checkpoints together (kept when it trains with "
                         "train.keep_best >= K): each adapts to a task, the class of highest mean probability wins")
+    p.add_argument("--average", choices=("probabilities", "logits"),
+                   help="with --ensemble: what is averaged over the checkpoints (default probabilities; MAML++'s "
+                        "code averages logits)")
     p.add_argument("--data-root", help="data folder (default $FEWSHOT_DATA)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--per-episode", action="store_true",
@@ -366,6 +369,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.per_episode and not args.json:
         raise FewShotError("--per-episode adds each episode's accuracy to the JSON output: add --json")
     target = args.target
+    if args.average and args.ensemble is None:
+        raise FewShotError("--average says what --ensemble averages over its checkpoints: add --ensemble K")
     members = _ensemble_members(args) if args.ensemble is not None else []
     checkpoint = args.checkpoint or "best"
     path = target / "checkpoints" / f"{checkpoint}.safetensors" if target.is_dir() else target
@@ -378,13 +383,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
     experiment = build_experiment(config, args.data_root)
     if members:
-        path = _ensemble(experiment, members, target)
+        path = _ensemble(experiment, members, target, args.average or "probabilities")
     else:
         load_weights(experiment.method, ckpt.weights, path)
     result = score(experiment, path, args.episodes, args.split, progress=not args.json, fresh=args.fresh)
     if args.json:
         answer = result.to_dict(per_episode=args.per_episode)
-        which = {"checkpoints": [str(m) for m in members]} if members else {"checkpoint": str(path)}
+        which = ({"checkpoints": [str(m) for m in members], "average": args.average or "probabilities"} if members
+                 else {"checkpoint": str(path)})
         print(json.dumps({**answer, "method": config.method.name, "recipe": config.name,
                           "split": args.split or config.eval.split, **which}))
     else:
@@ -404,9 +410,9 @@ def _ensemble_members(args: argparse.Namespace) -> list[Path]:
     return top_checkpoints(args.target, args.ensemble)
 
 
-def _ensemble(experiment: Any, members: list[Path], run_dir: Path) -> Path:
-    """Put the ensemble of ``members`` in place of ``experiment``'s method; returns the path its scores are
-    recorded under (``checkpoints/top<K>``)."""
+def _ensemble(experiment: Any, members: list[Path], run_dir: Path, average: str) -> Path:
+    """Put the ensemble of ``members`` (averaging ``average``) in place of ``experiment``'s method; returns the path
+    its scores are recorded under (``checkpoints/top<K>``, ``top<K>logits``)."""
     from fewshot.engine.checkpoint import load_checkpoint
     from fewshot.engine.ensemble import Ensemble
     from fewshot.engine.experiment import EpisodicExperiment
@@ -419,8 +425,9 @@ def _ensemble(experiment: Any, members: list[Path], run_dir: Path) -> Path:
     for member in members:
         weights.append(load_checkpoint(member).weights)
         load_weights(experiment.method, weights[-1], member)  # each fits the model, or one clear line
-    experiment.method = Ensemble(experiment.method, weights)
-    return run_dir / "checkpoints" / f"top{len(members)}.safetensors"
+    experiment.method = Ensemble(experiment.method, weights, average)
+    suffix = "" if average == "probabilities" else average
+    return run_dir / "checkpoints" / f"top{len(members)}{suffix}.safetensors"
 
 
 def _plus_minus(ci: float) -> str:

@@ -415,6 +415,8 @@ CASES = [
          match=r"--ensemble takes a number of checkpoints >= 2, got 1"),
     Case("eval --ensemble with --checkpoint", "checkpoint", _ensemble("run", "--ensemble", "2", "--checkpoint", "best"),
          match=r"--ensemble scores the 2 best checkpoints, not --checkpoint best"),
+    Case("eval --average without --ensemble", "checkpoint", _ensemble("run", "--average", "logits"),
+         match=r"--average says what --ensemble averages over its checkpoints: add --ensemble K"),
     Case("eval --ensemble of a checkpoint file", "checkpoint",
          _ensemble("run/checkpoints/best.safetensors", "--ensemble", "2"), match=r"is not a folder"),
     Case("eval --ensemble with a kept checkpoint deleted", "checkpoint",

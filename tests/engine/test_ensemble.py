@@ -85,24 +85,29 @@ def test_ensemble_predicts_the_mean_probability_and_leaves_the_weights(data_root
     from fewshot.data.tasks import TaskSampler, episode_range
 
     episode = episode_range(TaskSampler(experiment.dataset("test"), 5, 1, 3, seed=0), 0, 2)
-    alone = []
+    logits = []
     for weights in (first, second):
         method.load_state_dict(weights)
-        alone.append(method.predict(episode).softmax(-1))
+        logits.append(method.predict(episode))
+    alone = [x.softmax(-1) for x in logits]
     method.load_state_dict(first)
     both = Ensemble(method, [first, second]).predict(episode)
     assert torch.allclose(both.exp(), (alone[0] + alone[1]) / 2, atol=1e-6)
+    assert torch.allclose(Ensemble(method, [first, second], "logits").predict(episode), (logits[0] + logits[1]) / 2,
+                          atol=1e-5)  # MAML++'s code averages the logits
     assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the members differ, so the mean is a real mixture
     assert _same(method.state_dict(), first)  # the method's own weights are back
     twice = Ensemble(method, [second, second]).predict(episode)
     assert torch.equal(twice.argmax(-1), alone[1].argmax(-1))
     with pytest.raises(FewShotError, match="at least one"):
         Ensemble(method, [])
+    with pytest.raises(FewShotError, match="averages one of"):
+        Ensemble(method, [first], "votes")
 
 
 def test_eval_ensemble_scores_the_kept_checkpoints_and_records_them_apart(tmp_path, data_root, capsys):
-    """`fewshot eval --ensemble 3`: the 3 kept checkpoints, listed best first; its record is its own (top3_...),
-    and the best checkpoint's figure is unchanged by it."""
+    """`fewshot eval --ensemble 3`: the 3 kept checkpoints, listed best first; its records (mean probability, mean
+    logits) are its own (top3_..., top3logits_...), and the best checkpoint's figure is unchanged by it."""
     run = tmp_path / "run"
     assert _train(data_root, "--out", str(run)) == 0
     capsys.readouterr()
@@ -113,8 +118,12 @@ def test_eval_ensemble_scores_the_kept_checkpoints_and_records_them_apart(tmp_pa
     together = json.loads(capsys.readouterr().out)
     top = load_checkpoint(run / "checkpoints" / "last.safetensors").extra["top_validations"]
     assert [Path(p).name for p in together["checkpoints"]] == [f"{i}.safetensors" for i, _ in top]
+    assert together["average"] == "probabilities"
+    assert main(["eval", str(run), "--ensemble", "3", "--average", "logits", *scoring]) == 0
+    assert json.loads(capsys.readouterr().out)["average"] == "logits"
     records = sorted(p.name for p in (run / "checkpoints" / "eval").glob("*.json"))
-    assert records == ["best_test_5w1s15q_seed0.json", "top3_test_5w1s15q_seed0.json"]
+    assert records == ["best_test_5w1s15q_seed0.json", "top3_test_5w1s15q_seed0.json",
+                       "top3logits_test_5w1s15q_seed0.json"]
     assert main(["eval", str(run), *scoring]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == best["accuracy"]
     shutil.rmtree(run / "checkpoints" / "eval")

@@ -4,8 +4,9 @@ With ``train.keep_best: K`` (K > 1) the trainer keeps, beside ``best.safetensors
 validations so far as ``checkpoints/top/<iteration>.safetensors`` (:func:`keep_top`); the list, best first, is in
 every checkpoint's ``extra["top_validations"]`` as ``[iteration, accuracy]`` pairs, so a resumed run goes on with it.
 ``fewshot eval RUN --ensemble K`` scores the K best together (:class:`Ensemble`): each member adapts to a task on
-its own, and the prediction is the class of highest mean probability over the members (MAML++, Antoniou et al.
-2019, reports the ensemble of its top 5 validation checkpoints).
+its own, and the prediction is the class of highest mean probability over the members, or (``--average logits``)
+of highest mean logit, which is how MAML++ (Antoniou et al. 2019; ``evaluated_test_set_using_the_best_models`` in
+the authors' code) scores the ensemble of its top 5 validation checkpoints.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from torch import nn
 
 from fewshot.errors import FewShotError
 
+AVERAGES = ("probabilities", "logits")
+"""What an :class:`Ensemble` averages over its members."""
 TOP = "top"
 """The folder under ``checkpoints/`` that holds the kept weights."""
 
@@ -93,16 +96,20 @@ def top_checkpoints(run_dir: Path, count: int) -> list[Path]:
 
 class Ensemble(nn.Module):
     """Several weight sets of one method scored as one: each member adapts to a task with its own weights, and the
-    prediction is the log of the members' mean class probabilities (so its argmax is the class of highest mean
-    probability). It offers what :func:`~fewshot.engine.evaluate.evaluate` uses of a method: ``predict``,
-    ``device``, ``end_evaluation``."""
+    prediction is the log of the members' mean class probabilities (``average="probabilities"``: its argmax is the
+    class of highest mean probability) or their mean logits (``"logits"``). It offers what
+    :func:`~fewshot.engine.evaluate.evaluate` uses of a method: ``predict``, ``device``, ``end_evaluation``."""
 
-    def __init__(self, method: nn.Module, members: list[dict[str, torch.Tensor]]) -> None:
+    def __init__(self, method: nn.Module, members: list[dict[str, torch.Tensor]],
+                 average: str = "probabilities") -> None:
         super().__init__()
         if not members:
             raise FewShotError("an ensemble needs at least one set of weights")
+        if average not in AVERAGES:
+            raise FewShotError(f"an ensemble averages one of {AVERAGES}, got {average!r}")
         self.method = method
         self.members = members
+        self.average = average
 
     @property
     def device(self) -> torch.device:
@@ -114,12 +121,14 @@ class Ensemble(nn.Module):
         try:
             for weights in self.members:
                 self.method.load_state_dict(weights)
-                probabilities = self.method.predict(episode).float().softmax(-1)
-                total = probabilities if total is None else total + probabilities
+                logits = self.method.predict(episode).float()
+                scores = logits.softmax(-1) if self.average == "probabilities" else logits
+                total = scores if total is None else total + scores
         finally:
             self.method.load_state_dict(own)
         assert total is not None
-        return (total / len(self.members)).log()
+        mean = total / len(self.members)
+        return mean.log() if self.average == "probabilities" else mean
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Every member's weights, numbered: what identifies the ensemble's scores (its evaluation record)."""
