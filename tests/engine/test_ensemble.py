@@ -62,6 +62,8 @@ def test_a_run_keeps_its_best_validations_through_a_resume_and_in_its_mirror(tmp
     best = load_checkpoint(ref / "checkpoints" / "best.safetensors").weights
     assert _same(kept[f"{expected[0][0]}.safetensors"], best)
     assert not _same(kept[f"{expected[0][0]}.safetensors"], kept[f"{expected[1][0]}.safetensors"])
+    listed = ", ".join(f"{i} ({100 * a:.2f}%)" for i, a in expected)
+    assert f"- **kept_best**: {listed}" in (ref / "report.md").read_text()
 
     run, mirror = tmp_path / "run", tmp_path / "keep"
     assert _train(data_root, "--out", str(run), "--mirror", str(mirror), "--stop-after", "7") == 0

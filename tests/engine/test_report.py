@@ -97,8 +97,8 @@ def test_class_names_are_escaped(run, tmp_path, capsys):
     assert evil in "".join(page_data(page)["confusion"]["names"].values())
 
 
-def test_shots_are_scored_through_the_records_once(run, monkeypatch, capsys):
-    assert main(["report", str(run), "--shots", "1,2", "--episodes", "4"]) == 0
+def test_shots_are_scored_through_the_records_once(run, data_root, monkeypatch, capsys):
+    assert main(["report", str(run), "--shots", "1,2", "--episodes", "4", "--data-root", str(data_root)]) == 0
     err = capsys.readouterr().err
     assert "2-shot:" in err and "1-shot:" not in err  # 1-shot: the run's own 8-episode record serves
     assert (run / "checkpoints/eval/best_test_5w2s15q_seed0.json").is_file()

@@ -136,7 +136,7 @@ def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Pa
     """``report.md``: what ran, how long, the best validation score and the test score if measured."""
     lines = [f"# Run report: {summary.get('name', run_dir.name)}", ""]
     for key in ("method", "kind", "iterations", "wall_seconds", "iterations_per_second", "best_val_accuracy",
-                "best_val_iteration", "test", "status", "command"):
+                "best_val_iteration", "kept_best", "test", "status", "command"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
     for forced in summary.get("forced_resumes", []):

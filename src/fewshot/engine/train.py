@@ -266,14 +266,14 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
             status = f"stopped: {exc}"
         else:
             status = f"stopped: {exc}"
-        _finish(run_dir, config, bar, logger, status, best, best_it, forced, config_yaml,
+        _finish(run_dir, config, bar, logger, status, best, best_it, top, forced, config_yaml,
                 wall_before + time.perf_counter() - began, quiet=True)
         if isinstance(exc, WriteError):
             kept = (f"the checkpoint of iteration {saved_at} is kept: continue with --resume after that"
                     if saved_at >= 0 else "no checkpoint was written")
             raise WriteError(f"{exc}; {kept}") from exc
         raise
-    _finish(run_dir, config, bar, logger, status, best, best_it, forced, config_yaml,
+    _finish(run_dir, config, bar, logger, status, best, best_it, top, forced, config_yaml,
             wall_before + time.perf_counter() - began)
     if saved_at < 0:  # nothing to train (a pretrained backbone): the run folder still holds its weights
         save(ckpt_dir / LAST, end)
@@ -299,7 +299,8 @@ def test_best(experiment: Experiment, run_dir: Path) -> EvalResult:
 
 
 def _finish(run_dir: Path, config: RunConfig, bar: Any, logger: RunLogger | None, status: str, best: float,
-            best_it: int, forced: list[dict[str, Any]], config_yaml: str, wall: float, quiet: bool = False) -> None:
+            best_it: int, top: list[list[Any]], forced: list[dict[str, Any]], config_yaml: str, wall: float,
+            quiet: bool = False) -> None:
     """Close the logs, draw the curves and write the report; ``quiet`` (on the way out of an error): a failure here
     must not hide the error, so it is dropped."""
     if bar is not None:
@@ -311,6 +312,8 @@ def _finish(run_dir: Path, config: RunConfig, bar: Any, logger: RunLogger | None
                "iterations": config.train.iterations, "wall_seconds": round(wall, 1), "status": status,
                "best_val_accuracy": best, "best_val_iteration": best_it, "forced_resumes": forced,
                "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    if top:  # train.keep_best > 1: the kept validations, best first (fewshot eval --ensemble K)
+        summary["kept_best"] = ", ".join(f"{iteration} ({100 * accuracy:.2f}%)" for iteration, accuracy in top)
     try:
         plot_curves(run_dir)
         write_report(run_dir, summary, config_yaml)
