@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), help="which checkpoint of a run folder (default best)")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="score the run folder's K best-validated checkpoints together (kept when it trains with "
-                        "train.keep_best >= K): each adapts to a task, the class of highest mean probability wins")
+                        "train.keep_best >= K): each adapts to a task, and the class of highest mean probability "
+                        "(or --average logits: mean logit) is the answer")
     p.add_argument("--average", choices=("probabilities", "logits"),
                    help="with --ensemble: what is averaged over the checkpoints (default probabilities; MAML++'s "
                         "code averages logits)")

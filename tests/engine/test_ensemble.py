@@ -13,8 +13,9 @@ import torch
 from fewshot.cli import main
 from fewshot.config import RunConfig, apply_overrides, load_raw
 from fewshot.engine.checkpoint import load_checkpoint
-from fewshot.engine.ensemble import Ensemble, rank
+from fewshot.engine.ensemble import Ensemble, keep_top, prune_top, rank
 from fewshot.engine.experiment import build_experiment
+from fewshot.engine.mirror import Mirror
 from fewshot.errors import FewShotError
 
 TINY = ["model.hidden=16", "train.meta_batch=2", "method.inner_steps=2", "method.inner_batch=5",
@@ -47,6 +48,41 @@ def test_rank_keeps_the_best_and_the_earlier_of_a_tie():
     assert top == [[8, 0.9], [4, 0.7], [10, 0.6]]
     assert rank([[2, 0.5], [4, 0.5]], 6, 0.5, 2) == [[2, 0.5], [4, 0.5]]  # a tie does not displace an earlier one
     assert rank([[4, 0.5]], 4, 0.8, 2) == [[4, 0.8]]  # a validation redone after a resume replaces its entry
+
+
+def test_a_dropped_file_goes_only_once_a_last_checkpoint_stops_listing_it(tmp_path):
+    """Between a validation and the next `last` checkpoint the saved list still names every kept file: a run that
+    dies there leaves a `last` whose files all exist."""
+    def write(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+
+    top: list = []
+    for iteration, accuracy in [(2, 0.5), (4, 0.6), (6, 0.7)]:
+        top = keep_top(tmp_path, top, iteration, accuracy, 2, write)
+    assert top == [[6, 0.7], [4, 0.6]] and (tmp_path / "top" / "2.safetensors").is_file()
+    prune_top(tmp_path, top)
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == ["4.safetensors", "6.safetensors"]
+    assert keep_top(tmp_path, top, 8, 0.9, 1, write) == [] and (tmp_path / "top" / "4.safetensors").is_file()
+
+
+def test_a_mirror_whose_copy_failed_keeps_the_files_its_last_lists(tmp_path):
+    run, target = tmp_path / "run", tmp_path / "share"
+    (run / "checkpoints" / "top").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: x\n")
+    for name in ("last.safetensors", "top/2.safetensors", "top/4.safetensors"):
+        (run / "checkpoints" / name).write_bytes(b"weights")
+    copy = Mirror(run, target)
+    copy.sync_checkpoint()
+    assert sorted(p.name for p in (target / "checkpoints" / "top").iterdir()) == ["2.safetensors", "4.safetensors"]
+    (run / "checkpoints" / "top" / "2.safetensors").unlink()  # dropped by the run, whose new last is not copied:
+    (target / "config.yaml").unlink()
+    (target / "config.yaml").mkdir()  # a folder where a file goes: the copy fails
+    copy.sync_checkpoint()
+    assert copy.failed and (target / "checkpoints" / "top" / "2.safetensors").is_file()
+    (target / "config.yaml").rmdir()
+    copy.sync_checkpoint()  # copied again: now the stale file goes
+    assert not copy.failed and not (target / "checkpoints" / "top" / "2.safetensors").exists()
 
 
 def test_a_run_keeps_its_best_validations_through_a_resume_and_in_its_mirror(tmp_path, data_root):

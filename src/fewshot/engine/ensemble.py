@@ -1,16 +1,20 @@
 """A run's K best-validated checkpoints, kept while it trains and scored together.
 
 With ``train.keep_best: K`` (K > 1) the trainer keeps, beside ``best.safetensors``, the weights of the K best
-validations so far as ``checkpoints/top/<iteration>.safetensors`` (:func:`keep_top`); the list, best first, is in
-every checkpoint's ``extra["top_validations"]`` as ``[iteration, accuracy]`` pairs, so a resumed run goes on with it.
-``fewshot eval RUN --ensemble K`` scores the K best together (:class:`Ensemble`): each member adapts to a task on
-its own, and the prediction is the class of highest mean probability over the members, or (``--average logits``)
-of highest mean logit, which is how MAML++ (Antoniou et al. 2019; ``evaluated_test_set_using_the_best_models`` in
-the authors' code) scores the ensemble of its top 5 validation checkpoints.
+validations so far as ``checkpoints/top/<iteration>.safetensors`` (:func:`keep_top`, at each validation); the list,
+best first, is in the ``extra["top_validations"]`` of every ``last`` and ``best`` checkpoint as ``[iteration,
+accuracy]`` pairs, so a resumed run goes on with it. A file that drops out of the list is deleted only after the next
+``last`` checkpoint no longer lists it (:func:`prune_top`), so a ``last`` never lists a file that is gone, however
+the run stops. ``fewshot eval RUN --ensemble K`` scores the K best together (:class:`Ensemble`): each member adapts
+to a task on its own, and the prediction is the class of highest mean probability over the members, or
+(``--average logits``) of highest mean logit, which is how MAML++ (Antoniou et al. 2019;
+``evaluated_test_set_using_the_best_models`` in the authors' code) scores the ensemble of its top 5 validation
+checkpoints.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -41,17 +45,22 @@ def rank(top: list[list[Any]], iteration: int, accuracy: float, keep: int) -> li
 
 def keep_top(checkpoints: Path, top: list[list[Any]], iteration: int, accuracy: float, keep: int,
              write: Callable[[Path], None]) -> list[list[Any]]:
-    """Rank the validation of ``iteration``; if it is among the ``keep`` best, ``write(path)`` its weights. Then
-    delete the kept files that are no longer among them (and any a killed run left behind). Returns the new list
-    (empty, every kept file deleted, when ``keep`` is 1: the best alone is ``best.safetensors``)."""
+    """Rank the validation of ``iteration``; if it is among the ``keep`` best, ``write(path)`` its weights. Returns
+    the new list (empty when ``keep`` is 1: the best alone is ``best.safetensors``). Nothing is deleted here: the
+    files that dropped out go once a ``last`` checkpoint holds the new list (:func:`prune_top`)."""
     ranked = rank(top, iteration, accuracy, keep) if keep > 1 else []
     if any(e[0] == iteration for e in ranked):
         write(top_file(checkpoints, iteration))
-    listed = {top_file(checkpoints, e[0]).name for e in ranked}
+    return ranked
+
+
+def prune_top(checkpoints: Path, top: list[list[Any]]) -> None:
+    """Delete the kept files that ``top`` (the list a ``last`` checkpoint has just been saved with) does not list:
+    those that dropped out, and any a killed run left behind."""
+    listed = {top_file(checkpoints, e[0]).name for e in top}
     for path in (Path(checkpoints) / TOP).glob("*.safetensors"):
         if path.name not in listed:
             path.unlink(missing_ok=True)
-    return ranked
 
 
 def _pair(entry: Any) -> bool:
@@ -80,9 +89,9 @@ def top_checkpoints(run_dir: Path, count: int) -> list[Path]:
         raise FewShotError(f"--ensemble takes a number of checkpoints >= 2, got {count}")
     last = load_checkpoint(checkpoints / "last.safetensors")
     top = read_top(last.extra, checkpoints / "last.safetensors")
-    keep = int((last.config.get("train") or {}).get("keep_best", 1))
+    keep = (last.config.get("train") or {}).get("keep_best", 1)
     if len(top) < count:
-        how = (f"it keeps {keep} (train.keep_best) and has {len(top)} so far" if keep > 1 else
+        how = (f"it keeps {keep} (train.keep_best) and has {len(top)} so far" if keep != 1 else
                "it keeps only its best (train.keep_best: 1)")
         raise FewShotError(f"{run_dir} has not kept {count} best-validated checkpoints: {how}; train with "
                            f"train.keep_best={count} or more (a resume may raise it) and validate again")
@@ -95,10 +104,12 @@ def top_checkpoints(run_dir: Path, count: int) -> list[Path]:
 
 
 class Ensemble(nn.Module):
-    """Several weight sets of one method scored as one: each member adapts to a task with its own weights, and the
-    prediction is the log of the members' mean class probabilities (``average="probabilities"``: its argmax is the
-    class of highest mean probability) or their mean logits (``"logits"``). It offers what
-    :func:`~fewshot.engine.evaluate.evaluate` uses of a method: ``predict``, ``device``, ``end_evaluation``."""
+    """Several weight sets of one method scored as one: each member is a copy of the method holding its own weights
+    (and its own caches, e.g. a feature extractor's embeddings), adapts to a task by itself, and the prediction is
+    the log of the members' mean class probabilities (``average="probabilities"``: its argmax is the class of
+    highest mean probability) or their mean logits (``"logits"``). It offers what
+    :func:`~fewshot.engine.evaluate.evaluate` and the experiments use of a method: ``predict``, ``device``,
+    ``set_class_names``, ``end_evaluation``, ``forget_caches``. ``method`` itself is left as it was."""
 
     def __init__(self, method: nn.Module, members: list[dict[str, torch.Tensor]],
                  average: str = "probabilities") -> None:
@@ -107,27 +118,30 @@ class Ensemble(nn.Module):
             raise FewShotError("an ensemble needs at least one set of weights")
         if average not in AVERAGES:
             raise FewShotError(f"an ensemble averages one of {AVERAGES}, got {average!r}")
-        self.method = method
         self.members = members
         self.average = average
+        self.copies = nn.ModuleList()
+        for weights in members:
+            try:
+                member = copy.deepcopy(method)
+            except Exception as exc:  # a method holding something that cannot be copied
+                raise FewShotError(f"cannot score an ensemble of method {getattr(method, 'name', method)!r}: it "
+                                   f"cannot be copied ({type(exc).__name__}: {exc})") from exc
+            member.load_state_dict(weights)
+            self.copies.append(member)
 
     @property
     def device(self) -> torch.device:
-        return self.method.device
+        return self.copies[0].device
 
     def predict(self, episode: Any) -> torch.Tensor:
-        own = {k: v.clone() for k, v in self.method.state_dict().items()}
         total: torch.Tensor | None = None
-        try:
-            for weights in self.members:
-                self.method.load_state_dict(weights)
-                logits = self.method.predict(episode).float()
-                scores = logits.softmax(-1) if self.average == "probabilities" else logits
-                total = scores if total is None else total + scores
-        finally:
-            self.method.load_state_dict(own)
+        for member in self.copies:
+            logits = member.predict(episode).float()
+            scores = logits.softmax(-1) if self.average == "probabilities" else logits
+            total = scores if total is None else total + scores
         assert total is not None
-        mean = total / len(self.members)
+        mean = total / len(self.copies)
         return mean.log() if self.average == "probabilities" else mean
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
@@ -135,10 +149,13 @@ class Ensemble(nn.Module):
         return {f"{i}.{key}": value for i, weights in enumerate(self.members) for key, value in weights.items()}
 
     def set_class_names(self, names: Any) -> None:
-        self.method.set_class_names(names)
+        for member in self.copies:
+            member.set_class_names(names)
 
     def end_evaluation(self) -> None:
-        self.method.end_evaluation()
+        for member in self.copies:
+            member.end_evaluation()
 
     def forget_caches(self) -> None:
-        self.method.forget_caches()
+        for member in self.copies:
+            member.forget_caches()

@@ -2,11 +2,11 @@
 survives the machine it runs on: a disk that outlives the machine, a mounted share, a folder that is committed or
 synced at intervals.
 
-After every ``last`` checkpoint the trainer copies, each file atomically and in this order, the kept best
-checkpoints not yet copied (``checkpoints/top/``, :mod:`.ensemble`), ``config.yaml``, the metrics, ``best`` and then
-``last``, and then deletes the kept checkpoints the run no longer keeps: the mirror is a complete run folder at every
-moment, whose metrics may run ahead of its ``last`` checkpoint (a resume drops those rows) but never behind it. At
-the end of ``fewshot train`` the whole folder (curves, reports, ``test.json``) is copied. Continue on another machine
+After every ``last`` checkpoint the trainer copies, each file atomically and in this order, the kept best checkpoints
+not yet copied (``checkpoints/top/``, :mod:`.ensemble`), ``config.yaml``, the metrics, ``best`` and then ``last``, and
+then, if that copy succeeded, deletes the kept checkpoints the run no longer keeps: the mirror is a complete run folder
+at every moment, whose metrics may run ahead of its ``last`` checkpoint (a resume drops those rows) but never behind it.
+At the end of ``fewshot train`` the whole folder (curves, reports, ``test.json``) is copied. Continue on another machine
 with ``fewshot train DIR --resume`` (the mirror is a run folder), or copy it back first.
 
 A mirror goes only into a new or empty folder, or into the mirror of the same run: its marker ``.fewshot-mirror``
@@ -62,14 +62,17 @@ class Mirror:
                 if not (there / p.name).is_file() or (there / p.name).stat().st_mtime < p.stat().st_mtime]
 
     def _drop_top(self) -> None:
-        """Delete the mirror's kept checkpoints that the run no longer keeps."""
+        """Delete the mirror's kept checkpoints that the run no longer keeps, once the copy has succeeded: the
+        mirror's ``last`` is then the run's, which lists only files the run still has."""
+        if self.failed:
+            return  # the mirror's last may still list them
         kept = {p.name for p in (self.run_dir / "checkpoints" / TOP).glob("*.safetensors")}
         try:
             for path in (self.target / "checkpoints" / TOP).glob("*.safetensors"):
                 if path.name not in kept:
                     path.unlink()
         except OSError:
-            pass  # a stale copy is not listed by the mirror's last checkpoint: harmless, and retried next time
+            pass  # an extra copy is listed by no last checkpoint: harmless, and deleted next time
 
     def _copy(self, names: Iterable[str]) -> None:
         try:

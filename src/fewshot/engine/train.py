@@ -27,7 +27,7 @@ from fewshot.config import RunConfig, TrainConfig
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fewshot.engine.ensemble import keep_top, read_top
+from fewshot.engine.ensemble import keep_top, prune_top, read_top
 from fewshot.engine.evaluate import EvalResult
 from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, other_machines, plot_curves, write_report
@@ -179,6 +179,7 @@ def _train(experiment: Experiment, run_dir: Path, resume: bool, progress: bool, 
                                              optimizer.state_dict(), rng, extra))
         if path.name == LAST:
             saved_at = iteration
+            prune_top(ckpt_dir, top)  # kept weights that this last checkpoint no longer lists
             if mirror is not None:
                 mirror.sync_checkpoint()
 
