@@ -133,10 +133,11 @@ def plot_curves(run_dir: Path) -> Path | None:
 
 
 def write_report(run_dir: Path, summary: dict[str, Any], config_yaml: str) -> Path:
-    """``report.md``: what ran, how long, the best validation score and the test score if measured."""
+    """``report.md``: what ran, how long, the best validation score (and the kept best ones), the machines each stretch
+    of iterations ran on, and the config; the test score is in ``test.json`` and ``report.html``, written after it."""
     lines = [f"# Run report: {summary.get('name', run_dir.name)}", ""]
-    for key in ("method", "kind", "iterations", "wall_seconds", "iterations_per_second", "best_val_accuracy",
-                "best_val_iteration", "kept_best", "test", "status", "command"):
+    for key in ("method", "experiment", "iterations", "wall_seconds", "iterations_per_second", "best_val_accuracy",
+                "best_val_iteration", "kept_best", "status", "command"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")
     for forced in summary.get("forced_resumes", []):
