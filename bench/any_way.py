@@ -67,11 +67,19 @@ def run_cell(cell: dict) -> dict:
     result = score(experiment, path, cell["episodes"])
     seconds = time.perf_counter() - start
     row = {**cell, "method": config.method.name, "accuracy": result.accuracy, "ci95": result.ci95,
-           "eval_seconds": round(seconds, 1), "command": command(cell),
+           "eval_seconds": round(seconds, 1), "machine": machine_name(), "command": command(cell),
            "per_episode": [round(s, 6) for s in result.per_episode]}
     print(f"{cell['checkpoint']} {cell['way']}w{cell['shot']}s {cell['init']}: {100 * result.accuracy:.2f} ± "
           f"{100 * result.ci95:.2f} ({cell['episodes']} episodes, {seconds:.0f} s)", flush=True)
     return row
+
+
+def machine_name() -> str:
+    """This machine's CPU as the rows name it: the model name, and the x86 family and model where known."""
+    from fewshot.hardware import machine
+
+    found = machine()
+    return ", ".join(part for part in (found["cpu"], found.get("cpu_generation")) if part)
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -132,8 +140,9 @@ def main() -> None:
     todo = cells(args.only, args.episodes, args.maml_episodes)
     kept = []
     if args.reuse and args.out.exists():
-        done = {r["command"]: r for r in json.loads(args.out.read_text())["results"]}
-        kept = [done[command(c)] for c in todo if command(c) in done]
+        previous = json.loads(args.out.read_text())
+        done = {r["command"]: {"machine": previous.get("machine"), **r} for r in previous["results"]}  # rows
+        kept = [done[command(c)] for c in todo if command(c) in done]           # older than per-row machines
         todo = [c for c in todo if command(c) not in done]
     todo.sort(key=lambda c: -(c["episodes"] * c["way"] * c["shot"] * (8 if "maml" in c["checkpoint"] else 1)))
     start = time.perf_counter()
@@ -141,10 +150,10 @@ def main() -> None:
         rows = kept + list(pool.imap_unordered(run_cell, todo))
     import torch
 
-    from fewshot.hardware import machine
-
     rows.sort(key=lambda r: (CHECKPOINTS.index(Path(r["checkpoint"]).stem), -r["way"], r["shot"], r["init"]))
-    out = {"machine": machine()["cpu"], "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
+    machines = sorted({r["machine"] for r in rows})
+    out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
+           "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
            "interval": "student_t", "command": "python bench/any_way.py " + " ".join(
                [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]),
            "wall_seconds": round(time.perf_counter() - start),
