@@ -89,7 +89,8 @@ def top_checkpoints(run_dir: Path, count: int) -> list[Path]:
         raise FewShotError(f"--ensemble takes a number of checkpoints >= 2, got {count}")
     last = load_checkpoint(checkpoints / "last.safetensors")
     top = read_top(last.extra, checkpoints / "last.safetensors")
-    keep = (last.config.get("train") or {}).get("keep_best", 1)
+    train = last.config.get("train")
+    keep = train.get("keep_best", 1) if isinstance(train, dict) else 1
     if len(top) < count:
         how = (f"it keeps {keep} (train.keep_best) and has {len(top)} so far" if keep != 1 else
                "it keeps only its best (train.keep_best: 1)")
