@@ -50,6 +50,13 @@ def test_rank_keeps_the_best_and_the_earlier_of_a_tie():
     assert rank([[4, 0.5]], 4, 0.8, 2) == [[4, 0.8]]  # a validation redone after a resume replaces its entry
 
 
+def test_keep_best_is_a_count_of_at_least_one():
+    raw = load_raw("omniglot_5w1s_mamlpp")
+    assert RunConfig.from_dict(raw).train.keep_best == 5  # the MAML++ recipes keep their 5 best, as the paper scores
+    with pytest.raises(FewShotError, match="train.keep_best must be >= 1, got 0"):
+        RunConfig.from_dict(apply_overrides(raw, ["train.keep_best=0"]))
+
+
 def test_a_dropped_file_goes_only_once_a_last_checkpoint_stops_listing_it(tmp_path):
     """Between a validation and the next `last` checkpoint the saved list still names every kept file: a run that
     dies there leaves a `last` whose files all exist."""
