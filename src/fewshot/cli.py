@@ -379,12 +379,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         kept = sorted(p.stem for p in (target / "checkpoints").glob("*.safetensors"))
         raise FewShotError(f"{target} has no {checkpoint} checkpoint ({path}); it has "
                            f"{', '.join(kept) if kept else 'none'}")
-    ckpt = load_checkpoint(members[0] if members else path)
+    read = [load_checkpoint(member) for member in members]  # each member's file read once
+    ckpt = read[0] if read else load_checkpoint(path)
     config = RunConfig.from_dict(apply_overrides(ckpt.config, args.overrides))
     config.train.use_threads()  # the run's thread count (or train.threads=N) also governs its evaluation
     experiment = build_experiment(config, args.data_root)
     if members:
-        path = _ensemble(experiment, members, target, args.average or "probabilities")
+        path = _ensemble(experiment, {m: c.weights for m, c in zip(members, read, strict=True)}, target,
+                         args.average or "probabilities")
     else:
         load_weights(experiment.method, ckpt.weights, path)
     result = score(experiment, path, args.episodes, args.split, progress=not args.json, fresh=args.fresh)
@@ -411,10 +413,9 @@ def _ensemble_members(args: argparse.Namespace) -> list[Path]:
     return top_checkpoints(args.target, args.ensemble)
 
 
-def _ensemble(experiment: Any, members: list[Path], run_dir: Path, average: str) -> Path:
-    """Put the ensemble of ``members`` (averaging ``average``) in place of ``experiment``'s method; returns the path
-    its scores are recorded under (``checkpoints/top<K>``, ``top<K>logits``)."""
-    from fewshot.engine.checkpoint import load_checkpoint
+def _ensemble(experiment: Any, members: dict[Path, dict[str, Any]], run_dir: Path, average: str) -> Path:
+    """Put the ensemble of ``members`` (file -> its weights; averaging ``average``) in place of ``experiment``'s
+    method; returns the path its scores are recorded under (``checkpoints/top<K>``, ``top<K>logits``)."""
     from fewshot.engine.ensemble import Ensemble
     from fewshot.engine.experiment import EpisodicExperiment
     from fewshot.engine.scoring import load_weights
@@ -422,11 +423,9 @@ def _ensemble(experiment: Any, members: list[Path], run_dir: Path, average: str)
     if not isinstance(experiment, EpisodicExperiment):
         raise FewShotError(f"--ensemble scores methods on test episodes; a {experiment.config.experiment} run is "
                            "scored another way")
-    weights = []
-    for member in members:
-        weights.append(load_checkpoint(member).weights)
-        load_weights(experiment.method, weights[-1], member)  # each fits the model, or one clear line
-    experiment.method = Ensemble(experiment.method, weights, average)
+    for member, weights in members.items():
+        load_weights(experiment.method, weights, member)  # each fits the model, or one clear line
+    experiment.method = Ensemble(experiment.method, list(members.values()), average)
     suffix = "" if average == "probabilities" else average
     return run_dir / "checkpoints" / f"top{len(members)}{suffix}.safetensors"
 

@@ -57,9 +57,13 @@ def keep_top(checkpoints: Path, top: list[list[Any]], iteration: int, accuracy: 
 def prune_top(checkpoints: Path, top: list[list[Any]]) -> None:
     """Delete the kept files that ``top`` (the list a ``last`` checkpoint has just been saved with) does not list:
     those that dropped out, and any a killed run left behind."""
-    listed = {top_file(checkpoints, e[0]).name for e in top}
+    delete_kept_except(checkpoints, {top_file(checkpoints, e[0]).name for e in top})
+
+
+def delete_kept_except(checkpoints: Path, names: set[str]) -> None:
+    """Delete the kept files under ``checkpoints/top/`` whose names are not in ``names`` (a run's, or its mirror's)."""
     for path in (Path(checkpoints) / TOP).glob("*.safetensors"):
-        if path.name not in listed:
+        if path.name not in names:
             path.unlink(missing_ok=True)
 
 
@@ -119,7 +123,6 @@ class Ensemble(nn.Module):
             raise FewShotError("an ensemble needs at least one set of weights")
         if average not in AVERAGES:
             raise FewShotError(f"an ensemble averages one of {AVERAGES}, got {average!r}")
-        self.members = members
         self.average = average
         self.copies = nn.ModuleList()
         for weights in members:
@@ -147,7 +150,8 @@ class Ensemble(nn.Module):
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Every member's weights, numbered: what identifies the ensemble's scores (its evaluation record)."""
-        return {f"{i}.{key}": value for i, weights in enumerate(self.members) for key, value in weights.items()}
+        return {f"{i}.{key}": value for i, member in enumerate(self.copies)
+                for key, value in member.state_dict().items()}
 
     def set_class_names(self, names: Any) -> None:
         for member in self.copies:

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from fewshot.engine.ensemble import TOP
+from fewshot.engine.ensemble import TOP, delete_kept_except
 from fewshot.engine.run_folder import LOCK, RUN_FILES
 from fewshot.errors import FewShotError
 from fewshot.io import atomic_write
@@ -68,9 +68,7 @@ class Mirror:
             return  # the mirror's last may still list them
         kept = {p.name for p in (self.run_dir / "checkpoints" / TOP).glob("*.safetensors")}
         try:
-            for path in (self.target / "checkpoints" / TOP).glob("*.safetensors"):
-                if path.name not in kept:
-                    path.unlink()
+            delete_kept_except(self.target / "checkpoints", kept)
         except OSError:
             pass  # an extra copy is listed by no last checkpoint: harmless, and deleted next time
 
