@@ -84,6 +84,10 @@ CASES = [
          match="mirror mine is not empty and is not a fewshot mirror"),
     Case("mirror inside the run folder", "config", lambda f, d: [*TRAIN, "--mirror", "run/copy"],
          match="must be outside the run folder"),
+    Case("keeping 2 best checkpoints of a run with no test episodes", "config",
+         lambda f, d: ["train", "mnist_usps_dann", "--out", "run", "--no-progress", "train.keep_best=2"],
+         match=r"train\.keep_best=2 keeps checkpoints for `fewshot eval --ensemble`.*a domain_adaptation run keeps "
+               r"only its best: set train\.keep_best=1"),
     Case("image column of a text data set", "config",
          lambda f, d: ["fit", str(_saved_text(f)), "--out", "clf", "--image-column", "sentence"],
          match=r"column 'sentence' is not of the Image type"),
