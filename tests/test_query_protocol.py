@@ -1,0 +1,55 @@
+"""The figures of results/query_protocol.json (zoo checkpoints scored at the papers' K queries per class and at our
+15, with and without transductive batch norm) come from their committed per-episode results, and each checkpoint
+answers the first of those episodes as committed (``bench/query_protocol.py`` wrote them)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fewshot.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from eval_zoo import correct_counts  # noqa: E402
+from query_protocol import overrides  # noqa: E402
+
+ROWS = json.loads((REPO / "results" / "query_protocol.json").read_text())["results"]
+FIRST = 50
+"""Episodes each row is scored on again (the paper-protocol rows: K queries per class)."""
+TRADED = 2
+"""Queries whose answer may differ on another CPU (as in tests/test_zoo.py)."""
+
+
+def row_id(row: dict) -> str:
+    return f"{Path(row['checkpoint']).stem} query={row['query']} transductive={row['transductive']}"
+
+
+@pytest.mark.parametrize("row", ROWS, ids=row_id)
+def test_committed_episodes_give_the_committed_figure(row):
+    from fewshot.engine.evaluate import mean_ci95
+
+    scores = [correct / row["queries"] for correct in row["correct"]]
+    assert len(scores) == row["episodes"] and row["queries"] == 5 * row["query"]
+    mean, ci95 = mean_ci95(scores)
+    assert mean == pytest.approx(row["accuracy"], abs=1e-6) and ci95 == pytest.approx(row["ci95"], abs=1e-6)
+
+
+@pytest.mark.parametrize("row", [r for r in ROWS if r["query"] == r["shot"]], ids=row_id)
+def test_each_checkpoint_answers_its_first_paper_protocol_episodes_as_committed(row, data_root, capsys):
+    assert main(["eval", str(REPO / row["checkpoint"]), "--episodes", str(FIRST), "--json", "--per-episode",
+                 "--data-root", str(data_root), *overrides(row)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["query"] == row["query"]
+    correct = correct_counts(result["per_episode"], row["queries"])["correct"]
+    committed = row["correct"][:FIRST]
+    assert sum(abs(a - b) for a, b in zip(correct, committed, strict=True)) <= TRADED
+
+
+def test_every_maml_family_zoo_checkpoint_is_measured_both_ways():
+    measured = {(Path(r["checkpoint"]).stem, r["query"], r["transductive"]) for r in ROWS}
+    for name in ("omniglot_5w1s_maml", "omniglot_5w1s_fomaml", "omniglot_5w5s_maml", "omniglot_5w1s_anil",
+                 "omniglot_5w1s_reptile_shared"):
+        shot = int(name.split("_")[1][-2])
+        assert {(name, q, t) for q in {shot, 15} for t in (True, False)} <= measured
