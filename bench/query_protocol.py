@@ -1,18 +1,25 @@
 """How many queries a test task has, and how they are normalised, moves a MAML-family Omniglot figure.
 
-The MAML family's papers score a test task on K queries per class (K = the shots: Finn et al.'s MAML code draws
-2K images per class, Nichol et al.'s Reptile code and Antoniou et al.'s MAML++ code one target per class at 1 shot)
-and normalise that query batch by its own batch statistics (transductive batch norm). Our table scores 15 queries
-per class. Each row here is exactly ``fewshot eval CKPT --episodes E --json eval.query=Q method.transductive=T
-train.threads=1`` for Q in (K, 15) and T in (true, false): true, the query batch's statistics (the recipes'
-setting); false, each query normalised beside the support set alone, so that its answer does not depend on the
-other queries. A method without the option (ProtoNet: running statistics) is scored at both Q only, a control.
-Each row keeps its per-episode results (correct queries of ``queries`` in each episode), which
+The MAML family's papers score a test task on few queries and normalise that query batch by its own batch
+statistics (transductive batch norm): Finn et al.'s MAML code draws 2K images per class (K queries per class, K =
+the shots), Nichol et al.'s Reptile code and Antoniou et al.'s MAML++ configs one query per class at every shot
+count. Our table scores 15 queries per class. Each row here is exactly ``fewshot eval CKPT --episodes E --json
+eval.query=Q method.transductive=T train.threads=1`` for Q in (1, K, 15) and T in (true, false): true, the query
+batch's statistics (the recipes' setting); false, each query normalised beside the support set alone, so that its
+answer does not depend on the other queries. A method without the option (ProtoNet: running statistics) is scored
+at each Q only, a control.
+
+The episodes are nested: Omniglot's classes all have 20 images, so the task sampler draws the same classes and
+support images whatever the query count, and the Q queries of a class are the first Q of its 15. So each count is
+compared with 15 on the same tasks (``comparisons``: the paired per-episode difference and its Student-t 95%
+interval). Each row keeps its per-episode results (correct queries of ``queries`` in each episode), which
 tests/test_query_protocol.py checks against a new scoring of the first episodes.
 
 Usage:
   FEWSHOT_DATA=../shared/data python bench/query_protocol.py [--episodes 600] [--jobs 1] [--only NAME_OR_PATH ...]
       [--out results/query_protocol.json] [--reuse] [--table]
+--out is written anew with the rows of this call; --reuse takes those already there (same command) instead of
+scoring them again.
 """
 
 from __future__ import annotations
@@ -24,14 +31,29 @@ from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w1s_fomaml", "omniglot_5w1s_mamlpp", "omniglot_5w5s_maml",
-               "omniglot_5w1s_anil", "omniglot_5w1s_reptile_shared", "omniglot_5w1s_protonet")
+BATCH_STATISTICS = ("maml", "reptile", "anil")
+"""The methods whose test-time batch norm uses batch statistics (``method.transductive`` says which batch)."""
+CONTROL = "omniglot_5w1s_protonet"
+"""Running statistics: the query count cannot matter."""
 OUR_QUERY = 15
 
 
+def zoo_checkpoints() -> list[str]:
+    """The Omniglot zoo checkpoints of the batch-statistics methods, then the control."""
+    from fewshot.config import upgrade
+    from fewshot.engine.checkpoint import load_checkpoint
+
+    names = [path.stem for path in sorted((REPO / "zoo").glob("omniglot_*.safetensors"))
+             if upgrade(load_checkpoint(path).config)["method"]["name"] in BATCH_STATISTICS]
+    return [*names, CONTROL]
+
+
 def checkpoint_path(name: str) -> str:
-    """A zoo name (``omniglot_5w1s_maml``) or a checkpoint path, as the rows name it (relative to the repository)."""
-    path = Path(name) if name.endswith(".safetensors") else REPO / "zoo" / f"{name}.safetensors"
+    """A zoo name (``omniglot_5w1s_maml``), a run folder (its best checkpoint) or a checkpoint path, as the rows
+    name it (relative to the repository)."""
+    path = Path(name) if name.endswith(".safetensors") or Path(name).is_dir() else REPO / "zoo" / f"{name}.safetensors"
+    if path.is_dir():
+        path = path / "checkpoints" / "best.safetensors"
     path = path.resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
@@ -45,8 +67,8 @@ def cells(names: list[str], episodes: int) -> list[dict]:
         path = checkpoint_path(name)
         config = upgrade(load_checkpoint(REPO / path).config)  # older zoo configs: transductive, as they evaluated
         shot = config["eval"]["shot"]
-        has_option = "transductive" in config["method"].get("options", {})
-        for query in sorted({shot, OUR_QUERY}):
+        has_option = "transductive" in (config["method"].get("options") or {})
+        for query in sorted({1, shot, OUR_QUERY}):
             for transductive in ((True, False) if has_option else (None,)):
                 out.append({"checkpoint": path, "shot": shot, "query": query, "transductive": transductive,
                             "episodes": episodes})
@@ -90,27 +112,49 @@ def run_cell(cell: dict) -> dict:
     return row
 
 
-def table(out: dict) -> str:
-    """Accuracy ± Student-t 95% interval per checkpoint, at 15 and at K queries per class, with and without
-    transductive batch norm."""
-    rows = {(r["checkpoint"], r["query"], r["transductive"]): r for r in out["results"]}
-    lines = ["| checkpoint (iterations) | 15 per class, transductive | K per class, transductive | 15 per class, "
-             "each query alone | K per class, each query alone |", "|---|---|---|---|---|"]
+def paired(a: list[int], b: list[int], queries_a: int, queries_b: int) -> dict:
+    """Mean over the episodes of ``a``'s accuracy minus ``b``'s (correct counts of the same tasks) and its Student-t
+    95% half-width."""
+    from fewshot.engine.evaluate import mean_ci95
 
-    def cell(key: tuple) -> str:
-        row = rows.get(key)
+    mean, ci95 = mean_ci95([x / queries_a - y / queries_b for x, y in zip(a, b, strict=True)])
+    return {"difference": mean, "ci95": ci95, "episodes": len(a)}
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """Each query count against 15 on the same tasks, per checkpoint and batch-norm setting."""
+    by = {(r["checkpoint"], r["query"], r["transductive"], r["episodes"]): r for r in rows}
+    out = []
+    for (ckpt, query, transductive, episodes), row in by.items():
+        base = by.get((ckpt, OUR_QUERY, transductive, episodes))
+        if query != OUR_QUERY and base is not None:
+            out.append({"checkpoint": ckpt, "query": query, "transductive": transductive, "against": OUR_QUERY,
+                        **paired(row["correct"], base["correct"], row["queries"], base["queries"])})
+    return out
+
+
+def table(out: dict) -> str:
+    """Per checkpoint and query count: accuracy ± Student-t 95% interval with transductive batch norm, its paired
+    difference from 15 queries per class, and each query scored alone."""
+    rows = {(r["checkpoint"], r["query"], r["transductive"]): r for r in out["results"]}
+    diffs = {(c["checkpoint"], c["query"], c["transductive"]): c for c in out["comparisons"]}
+    lines = ["| checkpoint (iterations) | queries per class | transductive (%) | − 15 per class (points, paired) | "
+             "each query alone (%) |", "|---|---|---|---|---|"]
+
+    def figure(row: dict | None) -> str:
         return "—" if row is None else f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f}"
 
     for ckpt in dict.fromkeys(r["checkpoint"] for r in out["results"]):
-        any_row = next(r for r in out["results"] if r["checkpoint"] == ckpt)
-        shot, transductive = any_row["shot"], any_row["transductive"] is not None
-        name = f"{Path(ckpt).stem} ({any_row['iteration']:,})"
-        if transductive:
-            lines.append(f"| {name} | {cell((ckpt, OUR_QUERY, True))} | {cell((ckpt, shot, True))} | "
-                         f"{cell((ckpt, OUR_QUERY, False))} | {cell((ckpt, shot, False))} |")
-        else:  # running statistics: no query batch to normalise by
-            lines.append(f"| {name}, running statistics | {cell((ckpt, OUR_QUERY, None))} | "
-                         f"{cell((ckpt, shot, None))} | | |")
+        mine = [r for r in out["results"] if r["checkpoint"] == ckpt]
+        batch = mine[0]["transductive"] is not None
+        name = f"{Path(ckpt).stem} ({mine[0]['iteration']:,})" + ("" if batch else ", running statistics")
+        for query in sorted({r["query"] for r in mine}):
+            key = (ckpt, query, True if batch else None)
+            diff = diffs.get(key)
+            paired_text = "" if diff is None else f"{100 * diff['difference']:+.2f} ± {100 * diff['ci95']:.2f}"
+            lines.append(f"| {name} | {query} | {figure(rows.get(key))} | {paired_text} | "
+                         f"{figure(rows.get((ckpt, query, False))) if batch else ''} |")
+            name = ""
     return "\n".join(lines)
 
 
@@ -118,31 +162,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--only", nargs="*", default=list(CHECKPOINTS),
-                        help="zoo names or checkpoint paths (default: the MAML family's zoo checkpoints, ProtoNet)")
+    parser.add_argument("--only", nargs="*",
+                        help="zoo names, run folders or checkpoint paths (default: the zoo's Omniglot checkpoints of "
+                             "MAML, Reptile and ANIL, and ProtoNet 5-way 1-shot)")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep the rows of --out whose command is the same (the scores are deterministic)")
+                        help="take the rows of --out with the same command instead of scoring them again (the "
+                             "scores are deterministic on one machine)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "query_protocol.json")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return
-    todo = cells(args.only, args.episodes)
-    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
-    done = {r["command"]: r for r in previous} if args.reuse else {}
-    kept = [r for r in previous if r["command"] in done]  # with --reuse, every earlier row stays
+    todo = cells(args.only or zoo_checkpoints(), args.episodes)
+    previous = json.loads(args.out.read_text())["results"] if args.reuse and args.out.exists() else []
+    done = {r["command"]: r for r in previous}
+    kept = [done[command(c)] for c in todo if command(c) in done]
     todo = [c for c in todo if command(c) not in done]
     start = time.perf_counter()
     with get_context("spawn").Pool(args.jobs) as pool:
         rows = kept + list(pool.imap(run_cell, todo))
+    order = [command(c) for c in cells(args.only or zoo_checkpoints(), args.episodes)]
+    rows.sort(key=lambda r: order.index(r["command"]))
     import torch
 
     machines = sorted({r["machine"] for r in rows})
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__, "interval": "student_t",
-           "command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}",
-           "wall_seconds": round(time.perf_counter() - start), "results": rows}
+           "command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}"
+                      + (f" --only {' '.join(args.only)}" if args.only else ""),
+           "wall_seconds_this_call": round(time.perf_counter() - start),
+           "eval_seconds_all_rows": round(sum(r["eval_seconds"] for r in rows)),
+           "comparisons": comparisons(rows), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(table(out))

@@ -13,7 +13,7 @@ from fewshot.cli import main
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 from eval_zoo import correct_counts  # noqa: E402
-from query_protocol import overrides  # noqa: E402
+from query_protocol import overrides, zoo_checkpoints  # noqa: E402
 
 ROWS = json.loads((REPO / "results" / "query_protocol.json").read_text())["results"]
 FIRST = 50
@@ -47,9 +47,22 @@ def test_each_checkpoint_answers_its_first_paper_protocol_episodes_as_committed(
     assert sum(abs(a - b) for a, b in zip(correct, committed, strict=True)) <= TRADED
 
 
-def test_every_maml_family_zoo_checkpoint_is_measured_both_ways():
+def test_every_batch_statistics_zoo_checkpoint_is_measured_at_each_count_both_ways():
     measured = {(Path(r["checkpoint"]).stem, r["query"], r["transductive"]) for r in ROWS}
-    for name in ("omniglot_5w1s_maml", "omniglot_5w1s_fomaml", "omniglot_5w5s_maml", "omniglot_5w1s_anil",
-                 "omniglot_5w1s_reptile_shared"):
-        shot = int(name.split("_")[1][-2])
-        assert {(name, q, t) for q in {shot, 15} for t in (True, False)} <= measured
+    names = zoo_checkpoints()
+    assert "omniglot_5w1s_fomaml" in names and "omniglot_5w1s_reptile" in names  # the zoo is read, not empty
+    for name in names[:-1]:  # the last is the control, ProtoNet
+        shot = int(name.split("_")[1].split("w")[1].rstrip("s"))
+        assert {(name, q, t) for q in {1, shot, 15} for t in (True, False)} <= measured, name
+
+
+def test_paired_differences_are_those_of_the_committed_episodes():
+    from fewshot.engine.evaluate import mean_ci95
+
+    rows = {(r["checkpoint"], r["query"], r["transductive"]): r for r in ROWS}
+    comparisons = json.loads((REPO / "results" / "query_protocol.json").read_text())["comparisons"]
+    assert len(comparisons) == sum(r["query"] != 15 for r in ROWS)
+    for c in comparisons:
+        a, b = rows[(c["checkpoint"], c["query"], c["transductive"])], rows[(c["checkpoint"], 15, c["transductive"])]
+        mean, ci95 = mean_ci95([x / a["queries"] - y / b["queries"] for x, y in zip(a["correct"], b["correct"])])
+        assert (c["difference"], c["ci95"]) == pytest.approx((mean, ci95), abs=1e-9)
