@@ -158,6 +158,14 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def dump(out: dict) -> str:
+    """``out`` as JSON text, one line per comparison and per row (each row's 600 per-episode counts on its line)."""
+    head = json.dumps({k: v for k, v in out.items() if k not in ("comparisons", "results")}, indent=1)
+    lists = [f' "{key}": [\n' + ",\n".join("  " + json.dumps(item) for item in out[key]) + "\n ]"
+             for key in ("comparisons", "results")]
+    return head[:-2] + ",\n" + ",\n".join(lists) + "\n}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=600)
@@ -195,7 +203,7 @@ def main() -> None:
            "eval_seconds_all_rows": round(sum(r["eval_seconds"] for r in rows)),
            "comparisons": comparisons(rows), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    args.out.write_text(dump(out))
     print(table(out))
     print(f"wrote {args.out}")
 
