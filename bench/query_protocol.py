@@ -18,19 +18,21 @@ tests/test_query_protocol.py checks against a new scoring of the first episodes.
 Usage:
   FEWSHOT_DATA=../shared/data python bench/query_protocol.py [--episodes 600] [--jobs 1] [--only NAME_OR_PATH ...]
       [--out results/query_protocol.json] [--reuse] [--table]
---out is written anew with the rows of this call; --reuse takes those already there (same command) instead of
-scoring them again.
+--out keeps its rows that this call does not score (other checkpoints or episode counts); --reuse takes the rows
+already there with the same command instead of scoring them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.* as the tests import it (run as a script, only bench/ is on the path)
 BATCH_STATISTICS = ("maml", "reptile", "anil")
 """The methods whose test-time batch norm uses batch statistics (``method.transductive`` says which batch)."""
 CONTROL = "omniglot_5w1s_protonet"
@@ -51,7 +53,7 @@ def zoo_checkpoints() -> list[str]:
 def checkpoint_path(name: str) -> str:
     """A zoo name (``omniglot_5w1s_maml``), a run folder (its best checkpoint) or a checkpoint path, as the rows
     name it (relative to the repository)."""
-    path = Path(name) if name.endswith(".safetensors") or Path(name).is_dir() else REPO / "zoo" / f"{name}.safetensors"
+    path = Path(name) if "/" in name or name.endswith(".safetensors") else REPO / "zoo" / f"{name}.safetensors"
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
     path = path.resolve()
@@ -75,21 +77,21 @@ def cells(names: list[str], episodes: int) -> list[dict]:
     return out
 
 
-def command(cell: dict) -> str:
-    option = "" if cell["transductive"] is None else f" method.transductive={str(cell['transductive']).lower()}"
-    return (f"fewshot eval {cell['checkpoint']} --episodes {cell['episodes']} --json eval.query={cell['query']}"
-            f"{option} train.threads=1")
-
-
 def overrides(cell: dict) -> list[str]:
-    return command(cell).split(" --json ")[1].split()
+    """The evaluation overrides of ``cell``'s ``fewshot eval``."""
+    option = [] if cell["transductive"] is None else [f"method.transductive={str(cell['transductive']).lower()}"]
+    return [f"eval.query={cell['query']}", *option, "train.threads=1"]
+
+
+def command(cell: dict) -> str:
+    return " ".join(["fewshot eval", cell["checkpoint"], "--episodes", str(cell["episodes"]), "--json",
+                     *overrides(cell)])
 
 
 def run_cell(cell: dict) -> dict:
     """One ``fewshot eval`` (as :func:`fewshot.cli.cmd_eval`)."""
-    from any_way import machine_name
-    from eval_zoo import correct_counts
-
+    from bench.any_way import machine_name
+    from bench.eval_zoo import correct_counts
     from fewshot.config import RunConfig, apply_overrides
     from fewshot.engine.checkpoint import load_checkpoint
     from fewshot.engine.experiment import build_experiment
@@ -123,10 +125,10 @@ def paired(a: list[int], b: list[int], queries_a: int, queries_b: int) -> dict:
 
 def comparisons(rows: list[dict]) -> list[dict]:
     """Each query count against 15 on the same tasks, per checkpoint and batch-norm setting."""
-    by = {(r["checkpoint"], r["query"], r["transductive"], r["episodes"]): r for r in rows}
+    by = {(r["checkpoint"], r["query"], r["transductive"]): r for r in rows}
     out = []
-    for (ckpt, query, transductive, episodes), row in by.items():
-        base = by.get((ckpt, OUR_QUERY, transductive, episodes))
+    for (ckpt, query, transductive), row in by.items():
+        base = by.get((ckpt, OUR_QUERY, transductive))
         if query != OUR_QUERY and base is not None:
             out.append({"checkpoint": ckpt, "query": query, "transductive": transductive, "against": OUR_QUERY,
                         **paired(row["correct"], base["correct"], row["queries"], base["queries"])})
@@ -159,7 +161,7 @@ def table(out: dict) -> str:
 
 
 def dump(out: dict) -> str:
-    """``out`` as JSON text, one line per comparison and per row (each row's 600 per-episode counts on its line)."""
+    """``out`` as JSON text, one line per comparison and per row (each row's per-episode counts on its line)."""
     head = json.dumps({k: v for k, v in out.items() if k not in ("comparisons", "results")}, indent=1)
     lists = [f' "{key}": [\n' + ",\n".join("  " + json.dumps(item) for item in out[key]) + "\n ]"
              for key in ("comparisons", "results")]
@@ -182,16 +184,17 @@ def main() -> None:
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return
-    todo = cells(args.only or zoo_checkpoints(), args.episodes)
-    previous = json.loads(args.out.read_text())["results"] if args.reuse and args.out.exists() else []
-    done = {r["command"]: r for r in previous}
-    kept = [done[command(c)] for c in todo if command(c) in done]
-    todo = [c for c in todo if command(c) not in done]
+    wanted = cells(args.only or zoo_checkpoints(), args.episodes)
+    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
+    done = {r["command"]: r for r in previous} if args.reuse else {}
+    todo = [c for c in wanted if command(c) not in done]
     start = time.perf_counter()
     with get_context("spawn").Pool(args.jobs) as pool:
-        rows = kept + list(pool.imap(run_cell, todo))
-    order = [command(c) for c in cells(args.only or zoo_checkpoints(), args.episodes)]
-    rows.sort(key=lambda r: order.index(r["command"]))
+        scored = {r["command"]: r for r in pool.imap(run_cell, todo)}
+    order = {command(c): i for i, c in enumerate(wanted)}
+    mine = sorted([done[c] for c in order if c in done] + list(scored.values()), key=lambda r: order[r["command"]])
+    others = [r for r in previous if r["command"] not in order]  # rows of checkpoints or counts not asked for
+    rows = others + mine
     import torch
 
     machines = sorted({r["machine"] for r in rows})

@@ -283,11 +283,13 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from fewshot.config import RunConfig, apply_overrides, load_raw
     from fewshot.engine.distributed import launched_main
+    from fewshot.engine.ensemble import check_keep_best
     from fewshot.engine.experiment import build_experiment
     from fewshot.engine.mirror import Mirror, check_mirror
     from fewshot.engine.run_folder import check_run_folder, check_run_name, lock_run_folder, read_run_config
     from fewshot.engine.train import test_best, train
     from fewshot.hashing import weights_sha256
+    from fewshot.registry import EXPERIMENTS
 
     if args.stop_after is not None and args.stop_after < 1:
         raise FewShotError(f"--stop-after must be >= 1 (iterations to train before stopping), got {args.stop_after}")
@@ -303,6 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raw = load_raw(args.recipe)
         run_dir = args.out or Path("runs") / check_run_name(str(raw.get("name", source.stem)))
     config = RunConfig.from_dict(apply_overrides(raw, args.overrides))
+    check_keep_best(config.train.keep_best, EXPERIMENTS[config.experiment].builder(), config.experiment)
     main = launched_main()  # under torchrun rank 0 holds and checks the run folder
     with lock_run_folder(run_dir) if main else nullcontext():
         if main:

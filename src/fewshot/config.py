@@ -79,7 +79,8 @@ class TrainConfig:
     """How many of the best-validated weights a run keeps: 1, the best (``checkpoints/best.safetensors``); ``K > 1``,
     also the ``K`` best as ``checkpoints/top/<iteration>.safetensors`` (weights only), which
     ``fewshot eval --ensemble K`` scores together (MAML++, Antoniou et al. 2019, scores its top 5 so). Only runs
-    scored on test episodes (``episodic``, ``supervised``, ``pretrained``, ``text_episodic``) may keep more than 1."""
+    scored on test episodes (experiments built on ``EpisodicExperiment``: ``episodic``, ``supervised``,
+    ``pretrained``, ``text_episodic``) may keep more than 1."""
     log_every: int = 10
     seed: int = 0
     threads: int = 0

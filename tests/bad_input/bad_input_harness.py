@@ -34,7 +34,8 @@ class Case:
     surface: str
     setup: Setup
     expect: str = "error"
-    """``error`` (a clean one-line error, exit 2) or ``ok`` (exit 0 and ``check`` holds)."""
+    """``error`` (a clean one-line error, exit 2, and ``check`` holds if given) or ``ok`` (exit 0 and ``check``
+    holds)."""
     match: str = ""
     """Regular expression the error line (``error``) or standard output (``ok``) must contain."""
     check: Check | None = None
@@ -128,7 +129,8 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def outcome(case: Case, result: Result, folder: Path) -> str:
-    """What the user met: ``clean error``, ``correct``, ``traceback``, ``silent wrong``, ``lost file`` or ``hang``."""
+    """What the user met: ``clean error``, ``correct``, ``traceback``, ``silent wrong``, ``lost file``, ``left
+    files`` (an error that left what its ``check`` forbids) or ``hang``."""
     if result.changed:
         return "lost file"
     if result.returncode is None:
@@ -138,6 +140,11 @@ def outcome(case: Case, result: Result, folder: Path) -> str:
     if case.expect == "error":
         lines = error_lines(result.stderr)
         if result.returncode == 2 and len(lines) == 1 and re.search(case.match, lines[0]):
+            try:
+                if case.check is not None:  # e.g. that nothing was left behind
+                    case.check(folder, result.stdout)
+            except AssertionError:
+                return "left files"
             return "clean error"
         return "silent wrong" if result.returncode == 0 else "traceback"
     if result.returncode != 0:

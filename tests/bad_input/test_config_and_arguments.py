@@ -57,6 +57,10 @@ def _strict_json_with_no_interval(folder, out):
     assert row["episodes"] == 1 and row["ci95"] is None and 0 <= row["accuracy"] <= 1
 
 
+def _nothing_written(folder, out):
+    assert not any(folder.iterdir()), sorted(p.name for p in folder.iterdir())
+
+
 def _episodes(n: int):
     def check(folder, out):
         assert json.loads(out.splitlines()[-1])["episodes"] == n
@@ -85,9 +89,10 @@ CASES = [
     Case("mirror inside the run folder", "config", lambda f, d: [*TRAIN, "--mirror", "run/copy"],
          match="must be outside the run folder"),
     Case("keeping 2 best checkpoints of a run with no test episodes", "config",
-         lambda f, d: ["train", "mnist_usps_dann", "--out", "run", "--no-progress", "train.keep_best=2"],
+         lambda f, d: ["train", "mnist_usps_dann", "--out", "run", "--no-progress", "train.keep_best=2",
+                       "--data-root", "nowhere"],  # refused before any data is read
          match=r"train\.keep_best=2 keeps checkpoints for `fewshot eval --ensemble`.*a domain_adaptation run keeps "
-               r"only its best: set train\.keep_best=1"),
+               r"only its best: set train\.keep_best=1", check=_nothing_written),
     Case("image column of a text data set", "config",
          lambda f, d: ["fit", str(_saved_text(f)), "--out", "clf", "--image-column", "sentence"],
          match=r"column 'sentence' is not of the Image type"),

@@ -31,6 +31,17 @@ TOP = "top"
 """The folder under ``checkpoints/`` that holds the kept weights."""
 
 
+def check_keep_best(keep: int, kind: type, name: str) -> None:
+    """Refuse ``train.keep_best`` > 1 for an experiment class ``kind`` (named ``name``) that is not scored on test
+    episodes (not built on :class:`~fewshot.engine.experiment.EpisodicExperiment`): ``fewshot eval --ensemble``
+    could never score its kept files."""
+    from fewshot.engine.experiment import EpisodicExperiment
+
+    if keep > 1 and not issubclass(kind, EpisodicExperiment):
+        raise FewShotError(f"train.keep_best={keep} keeps checkpoints for `fewshot eval --ensemble`, which scores "
+                           f"runs on test episodes; a {name} run keeps only its best: set train.keep_best=1")
+
+
 def top_file(checkpoints: Path, iteration: int) -> Path:
     """Where the weights validated at ``iteration`` are kept."""
     return Path(checkpoints) / TOP / f"{iteration}.safetensors"

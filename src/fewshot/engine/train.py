@@ -27,9 +27,9 @@ from fewshot.config import RunConfig, TrainConfig
 from fewshot.data.tasks import Episode
 from fewshot.engine import distributed
 from fewshot.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fewshot.engine.ensemble import keep_top, prune_top, read_top
+from fewshot.engine.ensemble import check_keep_best, keep_top, prune_top, read_top
 from fewshot.engine.evaluate import EvalResult
-from fewshot.engine.experiment import EpisodicExperiment, Experiment
+from fewshot.engine.experiment import Experiment
 from fewshot.engine.logs import RunLogger, other_machines, plot_curves, write_report
 from fewshot.engine.mirror import Mirror
 from fewshot.engine.resume import forced_comment, resume_changes
@@ -99,11 +99,7 @@ def train(
         raise FewShotError(f"the time limit must be > 0 seconds, got {time_limit}")
     if stop_after is not None and not stop_after >= 1:
         raise FewShotError(f"stop_after must be >= 1 iteration, got {stop_after}")
-    keep = experiment.config.train.keep_best
-    if keep > 1 and not isinstance(experiment, EpisodicExperiment):
-        raise FewShotError(f"train.keep_best={keep} keeps checkpoints for `fewshot eval --ensemble`, which scores "
-                           f"runs on test episodes; a {experiment.config.experiment} run keeps only its best: set "
-                           "train.keep_best=1")
+    check_keep_best(experiment.config.train.keep_best, type(experiment), experiment.config.experiment)
     run_dir = Path(run_dir)
     if not distributed.is_main():  # under torchrun rank 0 holds and checks the folder; the others only read it
         return _train(experiment, run_dir, resume, progress, stop_after, time_limit, force, None)
