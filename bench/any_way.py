@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -83,14 +82,12 @@ def machine_name() -> str:
 
 
 def paired(a: list[float], b: list[float]) -> dict:
-    """Mean of ``a - b`` over the episodes both have (the same episodes) and its Student-t 95% half-width."""
-    from fewshot.engine.evaluate import t975
+    """Mean of ``a - b`` over the episodes both have (the same episodes) and its Student-t 95% half-width, as
+    ``fewshot compare`` computes it."""
+    from fewshot.engine.compare import paired as paired_difference
 
-    d = [x - y for x, y in zip(a, b, strict=False)]
-    n = len(d)
-    mean = sum(d) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1)) if n > 1 else float("nan")
-    return {"difference": mean, "ci95": t975(n - 1) * sd / math.sqrt(n), "episodes": n}
+    difference, ci95 = paired_difference(a, b)
+    return {"difference": difference, "ci95": ci95, "episodes": min(len(a), len(b))}
 
 
 def comparisons(rows: list[dict]) -> list[dict]:

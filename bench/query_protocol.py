@@ -116,11 +116,13 @@ def run_cell(cell: dict) -> dict:
 
 def paired(a: list[int], b: list[int], queries_a: int, queries_b: int) -> dict:
     """Mean over the episodes of ``a``'s accuracy minus ``b``'s (correct counts of the same tasks) and its Student-t
-    95% half-width."""
-    from fewshot.engine.evaluate import mean_ci95
+    95% half-width, as ``fewshot compare`` computes it."""
+    from fewshot.engine.compare import paired as paired_difference
 
-    mean, ci95 = mean_ci95([x / queries_a - y / queries_b for x, y in zip(a, b, strict=True)])
-    return {"difference": mean, "ci95": ci95, "episodes": len(a)}
+    if len(a) != len(b):
+        raise ValueError(f"paired rows need the same episodes, got {len(a)} and {len(b)}")
+    difference, ci95 = paired_difference([x / queries_a for x in a], [y / queries_b for y in b])
+    return {"difference": difference, "ci95": ci95, "episodes": len(a)}
 
 
 def comparisons(rows: list[dict]) -> list[dict]:

@@ -419,11 +419,10 @@ def _ensemble_members(args: argparse.Namespace) -> list[Path]:
 def _ensemble(experiment: Any, members: dict[Path, dict[str, Any]], run_dir: Path, average: str) -> Path:
     """Put the ensemble of ``members`` (file -> its weights; averaging ``average``) in place of ``experiment``'s
     method; returns the path its scores are recorded under (``checkpoints/top<K>``, ``top<K>logits``)."""
-    from fewshot.engine.ensemble import Ensemble
-    from fewshot.engine.experiment import EpisodicExperiment
+    from fewshot.engine.ensemble import Ensemble, scores_ensembles
     from fewshot.engine.scoring import load_weights
 
-    if not isinstance(experiment, EpisodicExperiment):
+    if not scores_ensembles(type(experiment)):
         raise FewShotError(f"--ensemble scores methods on test episodes; a {experiment.config.experiment} run is "
                            "scored another way")
     for member, weights in members.items():

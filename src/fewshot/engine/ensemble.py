@@ -31,13 +31,19 @@ TOP = "top"
 """The folder under ``checkpoints/`` that holds the kept weights."""
 
 
-def check_keep_best(keep: int, kind: type, name: str) -> None:
-    """Refuse ``train.keep_best`` > 1 for an experiment class ``kind`` (named ``name``) that is not scored on test
-    episodes (not built on :class:`~fewshot.engine.experiment.EpisodicExperiment`): ``fewshot eval --ensemble``
-    could never score its kept files."""
+def scores_ensembles(kind: type) -> bool:
+    """Whether runs of the experiment class ``kind`` are scored on test episodes (built on
+    :class:`~fewshot.engine.experiment.EpisodicExperiment`), where ``fewshot eval --ensemble`` can score kept
+    checkpoints together."""
     from fewshot.engine.experiment import EpisodicExperiment
 
-    if keep > 1 and not issubclass(kind, EpisodicExperiment):
+    return issubclass(kind, EpisodicExperiment)
+
+
+def check_keep_best(keep: int, kind: type, name: str) -> None:
+    """Refuse ``train.keep_best`` > 1 for an experiment class ``kind`` (named ``name``) that does not
+    :func:`scores_ensembles`: ``fewshot eval --ensemble`` could never score its kept files."""
+    if keep > 1 and not scores_ensembles(kind):
         raise FewShotError(f"train.keep_best={keep} keeps checkpoints for `fewshot eval --ensemble`, which scores "
                            f"runs on test episodes; a {name} run keeps only its best: set train.keep_best=1")
 
