@@ -114,13 +114,24 @@ def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_
     mean, ci = mean_ci95([x - y for x, y in zip(b, a)])
     assert rows[1]["difference"] == pytest.approx(mean) and rows[1]["difference_ci95"] == pytest.approx(ci)
     assert rows[1]["accuracy"] - rows[0]["accuracy"] == pytest.approx(mean)
+    assert main(["compare", str(runs["proto"]), str(runs["fomaml"])]) == 0
+    assert capsys.readouterr().out.startswith("omniglot, 5-way 1-shot, 15 queries per class, test split, seed 0: "
+                                              "8 episodes shared by all runs\n")
+    for name in ("proto", "fomaml"):  # one query per class: the record's own file, and the header says "query"
+        assert main(["eval", str(runs[name]), "--episodes", "4", "eval.query=1", "--json",
+                     "--data-root", str(data_root)]) == 0
+    capsys.readouterr()
+    assert main(["compare", *(str(runs[n] / "checkpoints/eval/best_test_5w1s1q_seed0.json")
+                              for n in ("proto", "fomaml"))]) == 0
+    assert capsys.readouterr().out.startswith("omniglot, 5-way 1-shot, 1 query per class, test split, seed 0: "
+                                              "4 episodes shared by all runs\n")
 
     assert main(["eval", str(runs["fomaml"]), "--episodes", "4", "eval.shot=5", "--json",
                  "--data-root", str(data_root)]) == 0  # a second record, of 5-shot tasks
     five_shot = tmp_path / "fomaml" / "checkpoints" / "eval" / "best_test_5w5s15q_seed0.json"
     with pytest.raises(FewShotError, match="not scored on the same tasks"):
         compare([load_scores(runs["proto"]), load_scores(five_shot)])
-    assert len(load_scores(runs["fomaml"])) == 2  # a run folder offers every setting it was scored on
+    assert len(load_scores(runs["fomaml"])) == 3  # a run folder offers every setting it was scored on (3 here)
     assert main(["compare", str(runs["proto"]), str(tmp_path / "nowhere")]) == 2
 
     # meta-trained on train + validation characters: another training split, the same test tasks

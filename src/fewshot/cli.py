@@ -445,7 +445,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(json.dumps({k: None if isinstance(v, float) and v != v else v for k, v in row.items()}))
         return 0
     first = rows[0]
-    print(f"{first['data']['name']}, {first['way']}-way {first['shot']}-shot, {first['query']} queries, "
+    queries = f"{first['query']} {'query' if first['query'] == 1 else 'queries'} per class"
+    print(f"{first['data']['name']}, {first['way']}-way {first['shot']}-shot, {queries}, "
           f"{first['split']} split, seed "
           f"{first['seed']}: {first['episodes']} episodes shared by all runs")
     labelled = any(r["settings"] != "as trained" for r in rows)  # a run scored under other settings: say which

@@ -29,6 +29,7 @@ IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
     ("omniglot_5w1s_reptile", 1): (78.93, 0.78), ("omniglot_5w1s_anil", 1): (95.16, 0.42),
     ("omniglot_5w1s_metaoptnet", 1): (97.21, 0.30), ("omniglot_5w1s_baseline_conv4", 1): (88.82, 0.64),
     ("omniglot_5w1s_reptile_shared", 1): (91.25, 0.53), ("omniglot_5w1s_fomaml", 1): (98.30, 0.23),
+    ("omniglot_5w1s_mamlpp", 1): (98.33, 0.23),
     ("omniglot_20w1s_protonet", 1): (98.43, 0.23), ("omniglot_20w1s_protonet_trainval", 1): (98.50, 0.23),
     ("omniglot_5w5s_protonet", 5): (98.31, 0.18), ("omniglot_5w5s_maml", 5): (99.35, 0.09),
     ("omniglot_5w5s_anil", 5): (93.68, 0.39), ("omniglot_5w5s_metaoptnet", 5): (98.87, 0.14),
@@ -37,10 +38,10 @@ IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
 """``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint's 5-way row
 (``zoo/<name>.safetensors``; a 20-way checkpoint's row scored with ``eval.way=5``)."""
 ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile", "protonet_trainval": "protonet",
-               "fomaml": "maml"}
+               "fomaml": "maml", "mamlpp": "maml"}
 """The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression;
 Reptile with the paper code's shared Adam state; ProtoNet meta-trained on the train + validation characters;
-first-order MAML)."""
+first-order MAML; MAML++, MAML with its options on)."""
 
 
 def zoo_model(name: str) -> str:
