@@ -1,14 +1,16 @@
-"""5-way zoo checkpoints (MAML, Reptile, ANIL) scored on 20-way Omniglot tasks, per output-layer initialisation.
+"""5-way zoo checkpoints (MAML, Reptile, ANIL) scored on 20-way and 3-way Omniglot tasks, per output-layer
+initialisation.
 
 Every cell is exactly ``fewshot eval CKPT --episodes E --json eval.way=W eval.shot=S method.head_init=I
 train.threads=1`` (the same ``score``, the fixed test episodes from ``eval.seed``), run in this process so that the
 per-episode scores are kept: each pair of inits is compared on the same episodes (the paired difference and its
 Student-t 95% interval). Also: at the trained way (5-way, the checkpoint's own shot), the trained head against the
+prototype one; and on fewer classes (3-way, the checkpoint's own shot), the trained head's first rows against the
 prototype one.
 
 Usage:
   FEWSHOT_DATA=../shared/data python bench/any_way.py [--episodes 600] [--maml-episodes 100] [--jobs 2]
-      [--out results/any_way.json] [--only omniglot_5w1s_anil] [--reuse] [--table]
+      [--out results/any_way.json] [--only omniglot_5w1s_anil] [--kinds fewer] [--reuse] [--table]
 """
 
 from __future__ import annotations
@@ -20,25 +22,34 @@ from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_reptile", "omniglot_5w1s_anil",
-               "omniglot_5w5s_anil")
+CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_fomaml", "omniglot_5w1s_mamlpp",
+               "omniglot_5w1s_reptile", "omniglot_5w1s_reptile_shared", "omniglot_5w1s_anil", "omniglot_5w5s_anil")
+DEFAULT = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_reptile", "omniglot_5w1s_anil",
+           "omniglot_5w5s_anil")
+"""The checkpoints of a run without ``--only`` (the table orders rows by :data:`CHECKPOINTS`)."""
 OTHER_WAY = 20
 OTHER_INITS = ("zeros", "prototypes")
 SAME_WAY_INITS = ("trained", "prototypes")
+FEWER_WAY = 3
+FEWER_INITS = ("rows", "prototypes")
+KINDS = ("other", "same", "fewer")
+"""Cells per checkpoint: 20-way at 1 and 5 shots, the trained way, and fewer classes (3-way) at its own shot."""
 
 
-def cells(names: list[str], episodes: int, maml_episodes: int) -> list[dict]:
+def cells(names: list[str], episodes: int, maml_episodes: int, kinds: tuple[str, ...] = KINDS) -> list[dict]:
     out = []
     for name in names:
         own_shot = int(name.split("_")[1].split("w")[1].rstrip("s"))
-        for shot in (1, 5):
-            n = maml_episodes if name.endswith("_maml") and shot == 5 else episodes
-            for init in OTHER_INITS:
-                out.append({"checkpoint": f"zoo/{name}.safetensors", "way": OTHER_WAY, "shot": shot, "init": init,
-                            "episodes": n})
-        for init in SAME_WAY_INITS:
-            out.append({"checkpoint": f"zoo/{name}.safetensors", "way": 5, "shot": own_shot, "init": init,
-                        "episodes": episodes})
+        zoo = f"zoo/{name}.safetensors"
+        if "other" in kinds:
+            for shot in (1, 5):
+                n = maml_episodes if name.endswith("_maml") and shot == 5 else episodes
+                for init in OTHER_INITS:
+                    out.append({"checkpoint": zoo, "way": OTHER_WAY, "shot": shot, "init": init, "episodes": n})
+        for kind, way, inits in (("same", 5, SAME_WAY_INITS), ("fewer", FEWER_WAY, FEWER_INITS)):
+            if kind in kinds:
+                out += [{"checkpoint": zoo, "way": way, "shot": own_shot, "init": init, "episodes": episodes}
+                        for init in inits]
     return out
 
 
@@ -94,7 +105,7 @@ def comparisons(rows: list[dict]) -> list[dict]:
     by = {(r["checkpoint"], r["way"], r["shot"], r["init"]): r for r in rows}
     out = []
     for (ckpt, way, shot, init), row in sorted(by.items()):
-        other = {"prototypes": "zeros" if way == OTHER_WAY else "trained"}.get(init)
+        other = {"prototypes": {OTHER_WAY: "zeros", FEWER_WAY: "rows"}.get(way, "trained")}.get(init)
         if other and (ckpt, way, shot, other) in by:
             out.append({"checkpoint": ckpt, "way": way, "shot": shot, "a": init, "b": other,
                         **paired(row["per_episode"], by[(ckpt, way, shot, other)]["per_episode"])})
@@ -108,7 +119,7 @@ def table(out: dict) -> str:
     diffs = {(c["checkpoint"], c["way"], c["shot"]): c for c in out["comparisons"]}
     lines = ["| checkpoint | task | init A | init B | A (%) | B (%) | A − B (points, paired) | episodes |",
              "|---|---|---|---|---|---|---|---|"]
-    for (ckpt, way, shot), c in sorted(diffs.items(), key=lambda kv: (kv[0][1] != OTHER_WAY,
+    for (ckpt, way, shot), c in sorted(diffs.items(), key=lambda kv: ((OTHER_WAY, 5, FEWER_WAY).index(kv[0][1]),
                                                                       CHECKPOINTS.index(Path(kv[0][0]).stem),
                                                                       kv[0][2])):
         a, b = rows[(ckpt, way, shot, c["a"])], rows[(ckpt, way, shot, c["b"])]
@@ -125,22 +136,28 @@ def main() -> None:
     parser.add_argument("--maml-episodes", type=int, default=100,
                         help="episodes of MAML's 20-way 5-shot cells (about 3 s each on a shared 2-vCPU machine)")
     parser.add_argument("--reuse", action="store_true",
-                        help="keep the cells of --out whose command is the same (the scores are deterministic)")
+                        help="keep the cells of --out whose command is the same (the scores are deterministic); "
+                             "cells this call does not ask for always stay")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--only", nargs="*", default=list(CHECKPOINTS))
+    parser.add_argument("--only", nargs="*", default=list(DEFAULT), choices=CHECKPOINTS)
+    parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS,
+                        help="which cells: 20-way (other), the trained way (same), 3-way (fewer)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "any_way.json")
     parser.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return
-    todo = cells(args.only, args.episodes, args.maml_episodes)
+    todo = cells(args.only, args.episodes, args.maml_episodes, tuple(args.kinds))
     kept = []
-    if args.reuse and args.out.exists():
+    if args.out.exists():
         previous = json.loads(args.out.read_text())
         done = {r["command"]: {"machine": previous.get("machine"), **r} for r in previous["results"]}  # rows
-        kept = [done[command(c)] for c in todo if command(c) in done]           # older than per-row machines
-        todo = [c for c in todo if command(c) not in done]
+        asked = {command(c) for c in todo}                                      # older than per-row machines
+        kept = [row for cmd, row in done.items() if cmd not in asked]  # cells this call does not score stay
+        if args.reuse:
+            kept += [done[command(c)] for c in todo if command(c) in done]
+            todo = [c for c in todo if command(c) not in done]
     todo.sort(key=lambda c: -(c["episodes"] * c["way"] * c["shot"] * (8 if "maml" in c["checkpoint"] else 1)))
     start = time.perf_counter()
     with get_context("spawn").Pool(args.jobs) as pool:
@@ -152,7 +169,9 @@ def main() -> None:
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
            "interval": "student_t", "command": "python bench/any_way.py " + " ".join(
-               [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]),
+               [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]
+               + ([f"--only {' '.join(args.only)}"] if args.only != list(DEFAULT) else [])
+               + ([f"--kinds {' '.join(args.kinds)}"] if args.kinds != list(KINDS) else [])),
            "wall_seconds": round(time.perf_counter() - start),
            "eval_seconds_all_cells": round(sum(r["eval_seconds"] for r in rows)),
            "comparisons": comparisons(rows), "results": rows}

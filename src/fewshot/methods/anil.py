@@ -26,8 +26,9 @@ statistics over the query batch, as MAML's protocol (and the reproduction recipe
 The head a task's inner loop starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way;
 the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned head
 when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says
-(``prototypes``: measured better on Omniglot's 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head;
-``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+(``prototypes``: measured better on Omniglot's 20-way tasks, and for ANIL on 3-way ones too, ``results/omniglot.md``);
+``zeros`` a zero head; ``rows`` the trained head's first ``way`` rows (fewer classes only); ``prototypes``
+Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 (the features the head is adapted on, so in second-order training the meta-gradient flows through the prototypes
 into the body; first order computes the support features without gradient, so it does not).
 """
@@ -45,11 +46,13 @@ from fewshot.data.tasks import Episode
 from fewshot.errors import FewShotError
 from fewshot.methods.base import Adapted, Method, accuracy, backward_query_loss, restored, task_chunks
 from fewshot.methods.heads import (
+    OTHER_WAY_INIT,
     check_every_class,
     check_head_init,
     prototype_head_params,
     resolve_head_init,
     trainable,
+    trained_rows,
     zero_head,
 )
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
@@ -79,7 +82,8 @@ class ANILConfig:
     protocol; a query's answer then depends on the others) instead of each query with the support set alone."""
     head_init: str = "trained"
     """The head a task starts from: ``trained`` (the meta-learned one; for a task of another way, ``prototypes``),
-    ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
+    ``zeros``, ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features), or ``rows`` (the
+    trained head's first ``way`` rows; at most the trained way)."""
 
     def __post_init__(self) -> None:
         check_head_init(self.head_init)
@@ -176,9 +180,11 @@ class ANIL(Method):
                   way: int) -> tuple[list[torch.Tensor], bool]:
         """The head a task of ``way`` classes starts from, per ``head_init``, and whether it is one per task: the
         trained ``head``, zeros, or the prototypes of the support features ``support [(T,) B, D]`` by ``y``."""
-        plan = resolve_head_init(self.config.head_init, way, self.model)
+        plan = resolve_head_init(self.config.head_init, way, self.model, fewer=OTHER_WAY_INIT)
         if plan == "trained":
             return list(head), False
+        if plan == "rows":
+            return trainable(trained_rows(head, way)), False
         if plan == "zeros":
             return trainable(zero_head(head, way)), False
         check_every_class(y, way)

@@ -59,17 +59,20 @@ sampler), so a resumed run anneals exactly as an uninterrupted one.
 The output layer a task starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way,
 ``eval.way`` or ``fewshot classify``'s classes; the model keeps the trained way's head, ``Method.builds_head``):
 
-* ``trained`` (the default): the meta-learned head when the task's way is the trained way (the paper); for another
-  way, what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says (``prototypes``, the better of the two on Omniglot's
-  20-way tasks: ``results/omniglot.md``).
+* ``trained`` (the default): the meta-learned head when the task's way is the trained way (the paper); for fewer
+  classes, its first rows (:data:`fewshot.methods.heads.FEWER_WAY_INIT`); for more, what
+  :data:`fewshot.methods.heads.OTHER_WAY_INIT` says (``prototypes``, the better of the two on Omniglot's 20-way
+  tasks: ``results/omniglot.md``).
+* ``rows``: the trained head's first ``way`` rows (at most the trained way). The rows are interchangeable (classes
+  get labels at random in every training task), so a task of fewer classes starts where the inner loop learned to.
 * ``zeros``: a zero ``[way, D]`` head (the first inner step then moves the head alone).
 * ``prototypes``: Proto-MAML's head (Triantafillou et al. 2020): ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means
   ``p_c`` of the support features under the current body. In training the meta-gradient flows through the prototypes
   into the body (in first order too: only the inner gradients are cut); the trained head is then unused.
 
-With Meta-SGD, the head's learned rates serve the rows of a built head when the way is the trained one; for another
-way each row takes the mean of the trained rows (the rows are interchangeable: classes get labels at random in
-every training task).
+With Meta-SGD, the head's learned rates serve the rows of a built head when the way is the trained one; with
+``rows``, each row keeps its own rates; for another way each row takes the mean of the trained rows (the rows are
+interchangeable: classes get labels at random in every training task).
 The MAML++ loop builds the head the same way (prototypes from the pass with step 0 under per-step batch norm;
 LSLR's rates are per tensor, so they serve a head of any way).
 """
@@ -94,6 +97,7 @@ from fewshot.methods.heads import (
     prototype_head_params,
     resolve_head_init,
     trainable,
+    trained_rows,
     zero_head,
 )
 from fewshot.models.base import TaskBatched, batches_tasks, each_query_with_support, require_functional
@@ -118,8 +122,9 @@ class MAMLConfig:
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
     head_init: str = "trained"
-    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of another way,
-    ``prototypes``), ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
+    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of fewer classes its first
+    rows, of more ``prototypes``), ``zeros``, ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support
+    features), or ``rows`` (the trained head's first ``way`` rows; at most the trained way)."""
     # MAML++ (module docstring): all off by default
     multi_step_loss: bool = False
     """MSL: meta-loss over the query losses after every inner step, annealed towards the last (``msl_iterations``)."""
@@ -248,6 +253,8 @@ class MAML(Method):
             return list(params), list(lrs), False
         body = list(params[:-2])
         per_task = False
+        if plan == "rows":  # the trained head's first rows, each with its own Meta-SGD rates
+            return body + trained_rows(params[-2:], way), list(lrs[:-2]) + trained_rows(lrs[-2:], way), False
         if plan == "zeros":
             head = zero_head(params[-2:], way)
         else:
@@ -381,19 +388,18 @@ class MAML(Method):
         return self.config.per_step_bn_weights or self.config.per_step_bn_stats
 
     def _plus_plus_loop(self, params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int,
-                        create_graph: bool, detach_lrs: bool = False,
-                        way: int | None = None) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """MAML++'s inner loop; yields ``(k, fast weights after k updates)`` for ``k = 1 .. steps``. ``way``: the
-        task's, when it starts from a built head (Meta-SGD's head rates extended to it)."""
-        return inner_loop_per_step(self.model, params, x, y, steps, self._plus_plus_lrs(detach_lrs, way),
+                        create_graph: bool, task_lrs: Sequence[torch.Tensor | float],
+                        detach_lrs: bool = False) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """MAML++'s inner loop; yields ``(k, fast weights after k updates)`` for ``k = 1 .. steps``.
+        ``task_lrs``: the task's rates from :meth:`task_start` (Meta-SGD's or ``inner_lr``), used without LSLR."""
+        return inner_loop_per_step(self.model, params, x, y, steps, self._plus_plus_lrs(detach_lrs, task_lrs),
                                    create_graph, self._per_step_norm)
 
-    def _plus_plus_lrs(self, detach: bool, way: int | None = None) -> Callable[[int], Sequence[torch.Tensor | float]]:
-        """Step -> the inner rates of each tensor at that step (LSLR's, Meta-SGD's or ``inner_lr``)."""
+    def _plus_plus_lrs(self, detach: bool, task_lrs: Sequence[torch.Tensor | float],
+                       ) -> Callable[[int], Sequence[torch.Tensor | float]]:
+        """Step -> the inner rates of each tensor at that step (LSLR's, else the task's ``task_lrs``)."""
         if self.step_lrs is None:
-            lrs = [lr.detach() if detach and isinstance(lr, torch.Tensor) else lr for lr in self._lrs()]
-            if way is not None:
-                lrs = lrs[:-2] + [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
+            lrs = [lr.detach() if detach and isinstance(lr, torch.Tensor) else lr for lr in task_lrs]
             return lambda step: lrs
         rates = [lr.detach() if detach else lr for lr in self.step_lrs]
         last = self.config.inner_steps - 1
@@ -419,10 +425,10 @@ class MAML(Method):
         for t in range(tasks):
             query_x, query_y = episode.query_x[t], episode.query_y[t]
             losses = []
-            start, _, _ = self.task_start(params, self._lrs(), episode.support_x[t], episode.support_y[t],
-                                          episode.way)
+            start, task_lrs, _ = self.task_start(params, self._lrs(), episode.support_x[t], episode.support_y[t],
+                                                 episode.way)
             for k, fast in self._plus_plus_loop(start, episode.support_x[t], episode.support_y[t],
-                                                config.inner_steps, create_graph=not first_order, way=episode.way):
+                                                config.inner_steps, not first_order, task_lrs):
                 if weights is not None or k == config.inner_steps:
                     logits = self.model(query_x, fast, **self._step(k))
                     losses.append(F.cross_entropy(logits, query_y))
@@ -436,12 +442,12 @@ class MAML(Method):
         steps = self.config.test_inner_steps
         params = [p.detach().requires_grad_() for p in self.model.meta_parameters()]
         with torch.no_grad():
-            params, _, _ = self.task_start(params, self._lrs(), support_x, support_y, way)
+            params, task_lrs, _ = self.task_start(params, self._lrs(), support_x, support_y, way)
         params = trainable(params)
         fast = params
         with torch.enable_grad():
-            for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, detach_lrs=True,
-                                                   way=way):
+            for _, adapted in self._plus_plus_loop(params, support_x, support_y, steps, False, task_lrs,
+                                                   detach_lrs=True):
                 fast = adapted
         return FastWeights(self, [p.detach() for p in fast], support_x, self.transductive,
                            batches_tasks(self.model), self._step(steps))

@@ -41,8 +41,9 @@ seeds it), so scores of existing checkpoints do not change.
 The output layer a task's weights start from, per ``head_init`` (so a model trained 5-way adapts to tasks of any
 way; the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned
 head when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT`
-says (``prototypes``: measured better on Omniglot's 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head;
-``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+says (``rows``, the trained head's first rows, for fewer classes; ``prototypes`` for more: each measured better on
+Omniglot's 3-way and 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head; ``rows`` the trained head's first
+``way`` rows (fewer classes only); ``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 under the current body (computed over the whole support set before the inner steps). When a task starts from a built
 head, training moves the body alone (the trained head gets no update: it is not where tasks start).
 """
@@ -64,6 +65,7 @@ from fewshot.methods.heads import (
     check_head_init,
     prototype_head_params,
     resolve_head_init,
+    trained_rows,
     zero_head,
 )
 from fewshot.models.base import batches_tasks, each_query_with_support, require_functional
@@ -91,8 +93,9 @@ class ReptileConfig:
     """Test time: score a task's queries in one batch (batch statistics over the query batch, as the paper's code;
     a query's answer then depends on the others) instead of each query with the support set alone."""
     head_init: str = "trained"
-    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of another way,
-    ``prototypes``), ``zeros``, or ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support features)."""
+    """The output layer a task starts from: ``trained`` (the meta-learned one; for a task of fewer classes its first
+    rows, of more ``prototypes``), ``zeros``, ``prototypes`` (Proto-MAML: ``2·p_c``, ``-‖p_c‖²`` from the support
+    features), or ``rows`` (the trained head's first ``way`` rows; at most the trained way)."""
 
     def __post_init__(self) -> None:
         check_head_init(self.head_init)
@@ -153,6 +156,8 @@ class Reptile(Method):
             return None
         params = [p.detach() for p in self.model.meta_parameters()]
         body = params[:-2]
+        if plan == "rows":
+            return body + trained_rows(params[-2:], way), False
         if plan == "zeros":
             return body + zero_head(params[-2:], way), False
         check_every_class(y, way)
