@@ -40,10 +40,11 @@ seeds it), so scores of existing checkpoints do not change.
 
 The output layer a task's weights start from, per ``head_init`` (so a model trained 5-way adapts to tasks of any
 way; the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned
-head when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT`
-says (``rows``, the trained head's first rows, for fewer classes; ``prototypes`` for more: each measured better on
-Omniglot's 3-way and 20-way tasks, ``results/omniglot.md``); ``zeros`` a zero head; ``rows`` the trained head's first
-``way`` rows (fewer classes only); ``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+head when the task's way is the trained way, for fewer classes its first rows
+(:data:`fewshot.methods.heads.FEWER_WAY_INIT`) and for more what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says
+(``prototypes``), as measured on Omniglot's 3-way and 20-way tasks (``results/omniglot.md``); ``rows`` the
+trained head's first ``way`` rows (at most the trained way); ``zeros`` a zero head; ``prototypes`` Proto-MAML's head,
+``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 under the current body (computed over the whole support set before the inner steps). When a task starts from a built
 head, training moves the body alone (the trained head gets no update: it is not where tasks start).
 """
