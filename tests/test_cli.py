@@ -123,8 +123,10 @@ def test_compare_pairs_episodes_of_runs_scored_on_the_same_tasks(tmp_path, data_
     capsys.readouterr()
     assert main(["compare", *(str(runs[n] / "checkpoints/eval/best_test_5w1s1q_seed0.json")
                               for n in ("proto", "fomaml"))]) == 0
-    assert capsys.readouterr().out.startswith("omniglot, 5-way 1-shot, 1 query per class, test split, seed 0: "
-                                              "4 episodes shared by all runs\n")
+    printed = capsys.readouterr().out
+    assert printed.startswith("omniglot, 5-way 1-shot, 1 query per class, test split, seed 0: 4 episodes shared by "
+                              "all runs\nproto/best_test_5w1s1q_seed0 ")  # a record file is named by its run too
+    assert "\nfomaml/best_test_5w1s1q_seed0 " in printed
 
     assert main(["eval", str(runs["fomaml"]), "--episodes", "4", "eval.shot=5", "--json",
                  "--data-root", str(data_root)]) == 0  # a second record, of 5-shot tasks

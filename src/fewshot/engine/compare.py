@@ -61,7 +61,7 @@ def load_scores(target: Path, checkpoint: str = "best", split: str = "test") -> 
         identity, scores = read_record(path)
         if not scores:
             raise FewShotError(f"{path} records no episodes yet")
-        name = target.name if target.is_dir() else path.stem
+        name = target.name if target.is_dir() else f"{run_dir.name}/{path.stem}" if run_dir else path.stem
         out.append(Scores(name, record_tasks(identity), scores,
                           settings_difference(identity.get("config") or {}, own)))
     return out
