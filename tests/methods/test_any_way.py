@@ -163,6 +163,36 @@ def test_fewer_classes_score_higher_from_the_trained_rows(name, rows_above, data
     assert scores["trained"] > rows_above and scores["trained"] > scores["prototypes"] + 0.03, scores
 
 
+def test_a_record_of_fewer_classes_says_which_head(tmp_path, data_root, capsys, one_thread):
+    """An evaluation record of fewer classes than trained names the head (the rows): a record scored before, with
+    the same config but prototypes, is not reused; a record at the trained way is as before."""
+    import shutil
+
+    import yaml
+
+    from fewshot.engine.records import read_record, record_content
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(ZOO / "omniglot_5w1s_maml.safetensors", run / "checkpoints" / "best.safetensors")
+    (run / "config.yaml").write_text(yaml.safe_dump(load_checkpoint(ZOO / "omniglot_5w1s_maml.safetensors").config))
+    args = ["eval", str(run), "--episodes", "3", "--json", "--data-root", str(data_root), "train.threads=1"]
+    assert main([*args, "eval.way=3"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    [path] = (run / "checkpoints" / "eval").glob("best_test_3w1s15q_seed0*.json")
+    identity, scores = read_record(path)
+    assert identity["head"] == "rows" and len(scores) == 3
+    del identity["head"]  # what the same evaluation recorded before the rows
+    path.write_text(json.dumps(record_content(identity, [0.0] * 3)))
+    assert main([*args, "eval.way=3"]) == 0
+    out = capsys.readouterr()
+    assert "holds scores of other output layer; scoring afresh" in out.err
+    assert json.loads(out.out)["accuracy"] == first["accuracy"] > 0
+    assert main(args) == 0  # the trained way: the identity as it always was
+    [five] = (run / "checkpoints" / "eval").glob("best_test_5w1s15q_seed0*.json")
+    assert "head" not in read_record(five)[0]
+
+
 # --- Meta-SGD: the head's learned rates for another way --------------------------------------------------------------
 
 

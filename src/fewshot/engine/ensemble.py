@@ -131,7 +131,8 @@ class Ensemble(nn.Module):
     the log of the members' mean class probabilities (``average="probabilities"``: its argmax is the class of
     highest mean probability) or their mean logits (``"logits"``). It offers what
     :func:`~fewshot.engine.evaluate.evaluate` and the experiments use of a method: ``predict``, ``device``,
-    ``set_class_names``, ``end_evaluation``, ``forget_caches``. ``method`` itself is left as it was."""
+    ``set_class_names``, ``end_evaluation``, ``forget_caches``, ``record_identity``. ``method`` itself is left as it
+    was."""
 
     def __init__(self, method: nn.Module, members: list[dict[str, torch.Tensor]],
                  average: str = "probabilities") -> None:
@@ -181,3 +182,7 @@ class Ensemble(nn.Module):
     def forget_caches(self) -> None:
         for member in self.copies:
             member.forget_caches()
+
+    def record_identity(self, way: int) -> dict[str, Any]:
+        """The members' (one method, so the same for each)."""
+        return self.copies[0].record_identity(way)

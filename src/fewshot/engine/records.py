@@ -44,7 +44,8 @@ TASK_KEYS = ("way", "shot", "query", "seed", "split")
 """What fixes the test tasks, beside the data set."""
 DATA_KEY = "data_fingerprint"
 """The identity's key for the content fingerprint of the evaluated split."""
-IDENTITY_WORDS = {"fewshot": "fewshot version", "weights_sha256": "weights", "config": "settings", DATA_KEY: "data"}
+IDENTITY_WORDS = {"fewshot": "fewshot version", "weights_sha256": "weights", "config": "settings", DATA_KEY: "data",
+                  "head": "output layer"}
 
 
 @dataclass
@@ -202,18 +203,22 @@ def _leaves(tree: dict[str, Any], parts: tuple[str, ...] = ()) -> dict[str, Any]
     return out
 
 
-def record_identity(config: Any, weights: dict[str, torch.Tensor], split: str) -> dict[str, Any]:
-    """The identity of scoring ``weights`` under ``config`` (a :class:`~fewshot.config.RunConfig`) on ``split``;
-    the data fingerprint joins it when the split is loaded (:meth:`EvalRecord.with_data`)."""
+def record_identity(config: Any, weights: dict[str, torch.Tensor], split: str,
+                    method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The identity of scoring ``weights`` under ``config`` (a :class:`~fewshot.config.RunConfig`) on ``split``,
+    with what the method adds (:meth:`fewshot.methods.base.Method.record_identity`); the data fingerprint joins it
+    when the split is loaded (:meth:`EvalRecord.with_data`)."""
     from fewshot import __version__
 
     e = config.eval
     return {"fewshot": __version__, "weights_sha256": weights_sha256(weights), "config": score_settings(config),
-            "split": split, "way": e.way, "shot": e.shot, "query": e.query, "seed": e.seed}
+            "split": split, "way": e.way, "shot": e.shot, "query": e.query, "seed": e.seed, **(method or {})}
 
 
-def run_record(checkpoint: Path, config: Any, weights: dict[str, torch.Tensor], split: str) -> EvalRecord | None:
-    """The record of scoring a run folder's ``checkpoint``; ``None`` for a loose checkpoint file (nothing kept)."""
+def run_record(checkpoint: Path, config: Any, weights: dict[str, torch.Tensor], split: str,
+               method: dict[str, Any] | None = None) -> EvalRecord | None:
+    """The record of scoring a run folder's ``checkpoint`` (``method``: what the method adds to its identity);
+    ``None`` for a loose checkpoint file (nothing kept)."""
     folder = Path(checkpoint).parent
     if folder.name != "checkpoints" or not (folder.parent / "config.yaml").is_file():
         return None
@@ -222,7 +227,7 @@ def run_record(checkpoint: Path, config: Any, weights: dict[str, torch.Tensor], 
     settings = score_settings(config)
     if settings != run_settings(folder.parent):
         stem += f"_{settings_hash(settings)}"
-    return EvalRecord(folder / RECORD_FOLDER / f"{stem}.json", record_identity(config, weights, split))
+    return EvalRecord(folder / RECORD_FOLDER / f"{stem}.json", record_identity(config, weights, split, method))
 
 
 def run_record_files(run_dir: Path, checkpoint: str, split: str) -> list[Path]:

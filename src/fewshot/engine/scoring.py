@@ -55,7 +55,8 @@ def score(experiment: Any, checkpoint: Path | None = None, episodes: int | None 
     check_split("--split", split)
     record = None
     if checkpoint is not None:
-        record = run_record(checkpoint, config, experiment.method.state_dict(), split)
+        record = run_record(checkpoint, config, experiment.method.state_dict(), split,
+                            experiment.method.record_identity(config.eval.way))
     if fresh:
         experiment.method.forget_caches()
         if record is not None:

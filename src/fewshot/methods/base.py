@@ -181,6 +181,11 @@ class Method(nn.Module, ABC):
     def forget_caches(self) -> None:
         """Compute everything anew from now on: ignore what earlier evaluations cached (in memory or on disk)."""
 
+    def record_identity(self, way: int) -> dict[str, Any]:
+        """What, beside the config and weights, fixes this method's scores on tasks of ``way`` classes: it joins an
+        evaluation record's identity, so that a record scored otherwise is not reused. Nothing by default."""
+        return {}
+
     @classmethod
     def check_trains_on(cls, batch_type: type, kind: str) -> None:
         """A clear error when this method cannot train on ``batch_type`` batches (what the kind ``kind`` makes);

@@ -271,6 +271,11 @@ class MAML(Method):
         head_lrs = [extend_rows(lr, way) if isinstance(lr, torch.Tensor) else lr for lr in lrs[-2:]]
         return body + trainable(head), list(lrs[:-2]) + head_lrs, per_task
 
+    def record_identity(self, way: int) -> dict[str, str]:
+        """A task of fewer classes than trained starts from the trained head's first rows (``rows``; prototypes
+        before fewshot had that init, under the same config): a record says so, so older ones are scored afresh."""
+        return {"head": "rows"} if resolve_head_init(self.config.head_init, way, self.model) == "rows" else {}
+
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
         if self.config.reference or self.config.plus_plus or not batches_tasks(self.model):

@@ -46,7 +46,8 @@ head when the task's way is the trained way, for fewer classes its first rows
 trained head's first ``way`` rows (at most the trained way); ``zeros`` a zero head; ``prototypes`` Proto-MAML's head,
 ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 under the current body (computed over the whole support set before the inner steps). When a task starts from a built
-head, training moves the body alone (the trained head gets no update: it is not where tasks start).
+head (zeros, prototypes, or rows: a training task of fewer classes than the head has), training moves the body
+alone; the trained head gets no update.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ class Reptile(Method):
             return None
         count = len(self.model.meta_parameters())
         return {"step": self.adam_step, "second": [getattr(self, f"adam_second_{i}") for i in range(count)]}
+
+    def record_identity(self, way: int) -> dict[str, str]:
+        """A task of fewer classes than trained starts from the trained head's first rows (``rows``; prototypes
+        before fewshot had that init, under the same config): a record says so, so older ones are scored afresh."""
+        return {"head": "rows"} if resolve_head_init(self.config.head_init, way, self.model) == "rows" else {}
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
