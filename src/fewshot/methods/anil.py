@@ -26,9 +26,9 @@ statistics over the query batch, as MAML's protocol (and the reproduction recipe
 The head a task's inner loop starts from, per ``head_init`` (so a model trained 5-way adapts to tasks of any way;
 the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned head
 when the task's way is the trained way, and for another way what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says
-(``prototypes``: measured better on Omniglot's 20-way tasks, and for ANIL on 3-way ones too, ``results/omniglot.md``);
-``zeros`` a zero head; ``rows`` the trained head's first ``way`` rows (fewer classes only); ``prototypes``
-Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
+(``prototypes``: measured better on Omniglot's 20-way tasks, and for ANIL at least as good on 3-way ones,
+``results/omniglot.md``); ``zeros`` a zero head; ``rows`` the trained head's first ``way`` rows (fewer classes only);
+``prototypes`` Proto-MAML's head, ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 (the features the head is adapted on, so in second-order training the meta-gradient flows through the prototypes
 into the body; first order computes the support features without gradient, so it does not).
 """
