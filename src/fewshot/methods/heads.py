@@ -239,6 +239,14 @@ def resolve_head_init(option: str, way: int, model: nn.Module, fewer: str = FEWE
     return option
 
 
+def rows_identity(option: str, way: int, model: nn.Module) -> dict[str, str]:
+    """What a method whose ``trained`` means the rows for fewer classes (MAML, Reptile) adds to an evaluation
+    record's identity (:meth:`fewshot.methods.base.Method.record_identity`): ``{"head": "rows"}`` when a task of
+    ``way`` classes starts from them (prototypes did before, under the same config), so older records are scored
+    afresh; nothing otherwise, so every other record keeps its identity."""
+    return {"head": "rows"} if resolve_head_init(option, way, model) == "rows" else {}
+
+
 def trained_rows(head: Sequence[torch.Tensor], way: int) -> list[torch.Tensor]:
     """The first ``way`` rows of the trained output layer ``[w [N, D], b [N]]`` (of a per-class tensor such as
     Meta-SGD's head rates too), differentiable in it."""

@@ -96,6 +96,7 @@ from fewshot.methods.heads import (
     extend_rows,
     prototype_head_params,
     resolve_head_init,
+    rows_identity,
     trainable,
     trained_rows,
     zero_head,
@@ -272,9 +273,7 @@ class MAML(Method):
         return body + trainable(head), list(lrs[:-2]) + head_lrs, per_task
 
     def record_identity(self, way: int) -> dict[str, str]:
-        """A task of fewer classes than trained starts from the trained head's first rows (``rows``; prototypes
-        before fewshot had that init, under the same config): a record says so, so older ones are scored afresh."""
-        return {"head": "rows"} if resolve_head_init(self.config.head_init, way, self.model) == "rows" else {}
+        return rows_identity(self.config.head_init, way, self.model)
 
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""

@@ -67,6 +67,7 @@ from fewshot.methods.heads import (
     check_head_init,
     prototype_head_params,
     resolve_head_init,
+    rows_identity,
     trained_rows,
     zero_head,
 )
@@ -144,9 +145,7 @@ class Reptile(Method):
         return {"step": self.adam_step, "second": [getattr(self, f"adam_second_{i}") for i in range(count)]}
 
     def record_identity(self, way: int) -> dict[str, str]:
-        """A task of fewer classes than trained starts from the trained head's first rows (``rows``; prototypes
-        before fewshot had that init, under the same config): a record says so, so older ones are scored afresh."""
-        return {"head": "rows"} if resolve_head_init(self.config.head_init, way, self.model) == "rows" else {}
+        return rows_identity(self.config.head_init, way, self.model)
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
