@@ -93,6 +93,11 @@ CASES = [
                        "--data-root", "nowhere"],  # refused before any data is read
          match=r"train\.keep_best=2 keeps checkpoints for `fewshot eval --ensemble`.*a domain_adaptation run keeps "
                r"only its best: set train\.keep_best=1", check=_nothing_written),
+    Case("the trained rows for more classes than trained", "config",
+         lambda f, d: ["eval", str(copy_run("maml", d, f / "run")), "--json", "--episodes", "2", "train.threads=1",
+                       "eval.way=7", "method.head_init=rows"],
+         match=r"method\.head_init=rows starts a task from the trained head's first rows, but this 7-way task has "
+               r"more classes than its 5: use prototypes or zeros"),
     Case("image column of a text data set", "config",
          lambda f, d: ["fit", str(_saved_text(f)), "--out", "clf", "--image-column", "sentence"],
          match=r"column 'sentence' is not of the Image type"),
