@@ -11,13 +11,28 @@ from fewshot import defaults
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_image_figures_equal_results_omniglot_json():
+def _cell(cell: str) -> tuple[int, int]:
+    way, shot = cell.rstrip("s").split("w")
+    return int(way), int(shot)
+
+
+def test_image_figures_equal_the_results_files():
+    """Every zoo row of results/omniglot.json and every 20-way row of results/any_way.json with the head a task of
+    more classes starts from by default is in the table, with its figure; nothing else is."""
+    from fewshot.methods.heads import OTHER_WAY_INIT
+
     rows = json.loads((REPO / defaults.IMAGE_SOURCE).read_text())["results"]
-    measured = {(Path(r["checkpoint"]).stem, int(r["cell"][2])):
-                (round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2)) for r in rows
-                if r["cell"].startswith("5w")}  # the defaults serve 5-way cells: 20-way checkpoints by their 5-way rows
+    measured = {(Path(r["checkpoint"]).stem, *_cell(r["cell"])):
+                defaults.Figure(round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2), r["episodes"],
+                                defaults.IMAGE_SOURCE) for r in rows}
+    any_way = json.loads((REPO / defaults.ANY_WAY_SOURCE).read_text())["results"]
+    measured |= {(Path(r["checkpoint"]).stem, r["way"], r["shot"]):
+                 defaults.Figure(round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2), r["episodes"],
+                                 defaults.ANY_WAY_SOURCE) for r in any_way
+                 if r["way"] == 20 and r["init"] == OTHER_WAY_INIT}
     assert defaults.IMAGE_FIGURES == measured
-    for (name, _) in defaults.IMAGE_FIGURES:
+    assert {way for (_, way, _) in defaults.IMAGE_FIGURES} == set(defaults.IMAGE_WAYS)
+    for (name, _, _) in defaults.IMAGE_FIGURES:
         assert (REPO / "zoo" / f"{name}.safetensors").is_file()
 
 
@@ -44,8 +59,11 @@ def test_text_figures_equal_results_text_md():
 
 
 @pytest.mark.parametrize("modality, shots, way, model, figure", [
-    ("images", 1, 20, "omniglot_20w1s_protonet_trainval.safetensors", "98.50 ± 0.23%"),
-    ("images", 5, 20, "omniglot_20w5s_protonet.safetensors", "99.56 ± 0.10%"),
+    ("images", 1, 5, "omniglot_20w1s_protonet_trainval.safetensors", "98.50 ± 0.23% on Omniglot 5-way 1-shot"),
+    ("images", 1, 3, "omniglot_20w1s_protonet_trainval.safetensors", "98.50 ± 0.23% on Omniglot 5-way 1-shot"),
+    ("images", 1, 20, "omniglot_20w1s_protonet_trainval.safetensors", "94.89 ± 0.23% on Omniglot 20-way 1-shot"),
+    ("images", 5, 20, "omniglot_20w5s_protonet.safetensors", "98.48 ± 0.08% on Omniglot 20-way 5-shot"),
+    ("images", 5, 6, "omniglot_20w5s_protonet.safetensors", "98.48 ± 0.08% on Omniglot 20-way 5-shot"),
     ("text", 1, 5, "clinc150_5w1s_features_minilm", "mean 88.12%"),
     ("text", 5, 5, "clinc150_5w5s_finetune_minilm", "mean 96.43%"),
     ("text", 10, 150, "clinc150_10s_all_finetune_minilm", "mean 86.53%"),
@@ -55,19 +73,52 @@ def test_choice_names_the_best_figure(modality, shots, way, model, figure):
     assert Path(choice.model).name == model and figure in choice.reason and choice.source in choice.reason
 
 
-def test_method_narrows_the_choice_and_fixed_heads_need_five_classes():
+def test_method_narrows_the_choice():
     assert defaults.choose("images", 5, 20, "protonet").method == "protonet"
     assert Path(defaults.choose("images", 1, 5, "protonet").model).name == "omniglot_20w1s_protonet.safetensors"
     assert Path(defaults.choose("images", 1, 5, "metaoptnet").model).name == "omniglot_5w1s_metaoptnet.safetensors"
     assert defaults.choose("text", 12, 40, "features").model == "clinc150_10s_all_features_minilm"
-    assert all(defaults.choose("images", s, 7).method not in ("maml", "anil") for s in (1, 5))
     with pytest.raises(Exception, match="no measured MiniLM method 'setfit' at 10"):
         defaults.choose("text", 10, 5, "setfit")
+    with pytest.raises(Exception, match="no zoo image model for method 'nosuch' at 1 shot"):
+        defaults.choose("images", 1, 5, "nosuch")
+
+
+def test_more_classes_rank_by_the_figures_at_that_many_classes(monkeypatch):
+    """A 5-way MAML-family model best on 5-way tasks is not the default for 6 or more classes: those rank by the
+    20-way figures, where it is far lower (results/any_way.json)."""
+    figures = dict(defaults.IMAGE_FIGURES)
+    figures[("omniglot_5w1s_maml", 5, 1)] = defaults.Figure(99.99, 0.01, 600, defaults.IMAGE_SOURCE)
+    monkeypatch.setattr(defaults, "IMAGE_FIGURES", figures)
+    assert [defaults.choose("images", 1, way).method for way in (2, 5)] == ["maml", "maml"]
+    for way in (6, 20, 50):
+        choice = defaults.choose("images", 1, way)
+        assert (choice.method, choice.way) == ("protonet_trainval", 20) and "20-way 1-shot" in choice.reason
+    maml = defaults.choose("images", 1, 20, "maml")
+    assert maml.way == 20 and maml.accuracy == max(figures[(n, 20, 1)].accuracy
+                                                   for n in ("omniglot_5w1s_maml", "omniglot_5w5s_maml"))
+    assert "scored 20-way" in maml.reason and defaults.ANY_WAY_SOURCE in maml.reason
+
+
+def test_a_model_not_measured_with_so_many_classes_says_so():
+    choice = defaults.choose("images", 1, 12, "metaoptnet")
+    assert (choice.way, choice.accuracy) == (5, 97.21)
+    assert choice.reason.endswith("not measured with more than 5 classes (this support set has 12)")
+    assert "not measured" not in defaults.choose("images", 1, 4, "metaoptnet").reason
+    assert defaults.choose("images", 1, 21).reason.endswith("not measured with more than 20 classes "
+                                                            "(this support set has 21)")
 
 
 def test_a_named_zoo_model_gets_its_own_figure():
-    """``fit --model zoo/...`` reports that checkpoint's figure, not the best of its method."""
+    """``fit --model zoo/...`` reports that checkpoint's figure at the support set's number of classes, not the best of
+    its method."""
     assert defaults.figure_for("zoo/omniglot_5w1s_protonet.safetensors", "images", 1, 5).accuracy == 97.13
-    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 7)
+    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 3)
     assert (trainval.accuracy, trainval.method) == (98.50, "protonet_trainval") and "scored 5-way" in trainval.reason
+    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 7)
+    assert (trainval.accuracy, trainval.way) == (94.89, 20) and "scored" not in trainval.reason
+    maml = defaults.figure_for("omniglot_5w1s_maml", "images", 5, 20)  # measured 20-way at 1 and 5 shots
+    assert (maml.accuracy, maml.shots) == (defaults.IMAGE_FIGURES[("omniglot_5w1s_maml", 20, 5)].accuracy, 5)
+    unmeasured = defaults.figure_for("omniglot_5w1s_metaoptnet", "images", 1, 20)
+    assert unmeasured.way == 5 and "not measured with more than 5 classes" in unmeasured.reason
     assert defaults.figure_for("zoo/somebody_elses.safetensors", "images", 1, 5) is None

@@ -238,7 +238,8 @@ def _expected(choice: Choice | None, data: Support, model: str) -> dict[str, Any
     choice = choice or figure_for(model, data.modality, min(data.shots), len(data.class_names))
     if choice is None:
         return None
-    return {"accuracy": round(choice.accuracy, 2), "shots": choice.shots, "source": choice.source,
+    way = {} if choice.way is None else {"way": choice.way}
+    return {"accuracy": round(choice.accuracy, 2), "shots": choice.shots, **way, "source": choice.source,
             "figure": choice.reason}
 
 
@@ -355,8 +356,10 @@ def model_card(config: dict[str, Any]) -> str:
         prep = "the text as given (surrounding spaces removed)"
     expected = config.get("expected")
     if expected:
+        cell = (f"{expected['way']}-way {expected['shots']}-shot tasks" if expected.get("way")
+                else f"{expected['shots']} shot(s)")
         accuracy = (f"{expected['accuracy']:.2f}% — {expected['figure']}. That is our measurement on our benchmark "
-                    f"at {expected['shots']} shot(s); accuracy on your data will differ.")
+                    f"at {cell}; accuracy on your data will differ.")
     else:
         accuracy = "no measured figure for this model in our results tables."
     versions = config["versions"]

@@ -1,42 +1,85 @@
 """Which model ``fewshot fit`` uses when none is given: the best of our own measured results at the support set's
-shot count, with the figure it rests on.
+shot count and number of classes, with the figure it rests on.
 
 The figures are copied from the committed results (``tests/test_defaults.py`` checks they still equal them):
 
-* images — the shipped ``zoo/`` checkpoints, 600 fixed Omniglot 5-way test episodes each (``results/omniglot.json``,
-  the table in ``results/omniglot.md``; a checkpoint for 20-way tasks is scored 5-way for this);
+* images — the shipped ``zoo/`` checkpoints on fixed Omniglot test episodes: 5-way (600 episodes,
+  ``results/omniglot.json``, the table in ``results/omniglot.md``; a checkpoint for 20-way tasks is scored 5-way for
+  this) and 20-way (the 20-way checkpoints' own rows there; the 5-way checkpoints measured on 20-way episodes in
+  ``results/any_way.json``, 300 or 100 episodes, with the head a task of more classes starts from);
 * text — all-MiniLM-L6-v2 methods on CLINC150, BANKING77 and HWU64 (``results/text.md``): 5-way 1-shot and 5-shot
   (600 fixed test episodes), and all classes with 10 examples each (official test sets, 5 draws). A method is ranked
   by its mean over the three data sets; only methods measured on all three count.
 
 Shot buckets: fewer than 3 examples per class (the smallest class counts) reads the 1-shot figures, 3 to 7 the 5-shot
-figures, 8 or more the 10-shot figures (images: the 5-shot ones, the most measured).
+figures, 8 or more the 10-shot figures (images: the 5-shot ones, the most measured). Images are ranked by the figures
+of the fewest measured classes that is at least the support set's (up to 5 classes: the 5-way figures; 6 or more: the
+20-way ones), because a model meta-trained on 5 classes loses much more on 20-way tasks than one of prototypes does
+(``results/omniglot.md``, "5-way models on 20-way episodes"). A model without a figure at that number of classes is
+not a candidate; asked for by ``--method``, it gets its 5-way figure, which then says it was not measured with so many
+classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from fewshot.errors import FewShotError
 
 IMAGE_SOURCE = "results/omniglot.json"
+ANY_WAY_SOURCE = "results/any_way.json"
 TEXT_SOURCE = "results/text.md"
 
-IMAGE_FIGURES: dict[tuple[str, int], tuple[float, float]] = {
-    # (zoo checkpoint, shots): (accuracy %, 95% CI) on 600 Omniglot 5-way <shots>-shot test episodes
-    ("omniglot_5w1s_protonet", 1): (97.13, 0.31), ("omniglot_5w1s_maml", 1): (96.14, 0.37),
-    ("omniglot_5w1s_reptile", 1): (78.93, 0.78), ("omniglot_5w1s_anil", 1): (95.16, 0.42),
-    ("omniglot_5w1s_metaoptnet", 1): (97.21, 0.30), ("omniglot_5w1s_baseline_conv4", 1): (88.82, 0.64),
-    ("omniglot_5w1s_reptile_shared", 1): (91.25, 0.53), ("omniglot_5w1s_fomaml", 1): (98.30, 0.23),
-    ("omniglot_5w1s_mamlpp", 1): (98.33, 0.23),
-    ("omniglot_20w1s_protonet", 1): (98.43, 0.23), ("omniglot_20w1s_protonet_trainval", 1): (98.50, 0.23),
-    ("omniglot_5w5s_protonet", 5): (98.31, 0.18), ("omniglot_5w5s_maml", 5): (99.35, 0.09),
-    ("omniglot_5w5s_anil", 5): (93.68, 0.39), ("omniglot_5w5s_metaoptnet", 5): (98.87, 0.14),
-    ("omniglot_5w5s_baseline_conv4", 5): (96.78, 0.24), ("omniglot_20w5s_protonet", 5): (99.56, 0.10),
+
+class Figure(NamedTuple):
+    """A measured accuracy (%) with its 95% CI (%), how many test episodes it rests on and the results file."""
+
+    accuracy: float
+    ci95: float
+    episodes: int
+    source: str
+
+
+IMAGE_WAYS = (5, 20)
+"""The numbers of classes the image figures are measured at."""
+IMAGE_FIGURES: dict[tuple[str, int, int], Figure] = {
+    # (zoo checkpoint, way, shots): its figure on Omniglot <way>-way <shots>-shot test episodes
+    ("omniglot_5w1s_protonet", 5, 1): Figure(97.13, 0.31, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_maml", 5, 1): Figure(96.14, 0.37, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_reptile", 5, 1): Figure(78.93, 0.78, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_anil", 5, 1): Figure(95.16, 0.42, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_metaoptnet", 5, 1): Figure(97.21, 0.30, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_baseline_conv4", 5, 1): Figure(88.82, 0.64, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_reptile_shared", 5, 1): Figure(91.25, 0.53, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_fomaml", 5, 1): Figure(98.30, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_mamlpp", 5, 1): Figure(98.33, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_20w1s_protonet", 5, 1): Figure(98.43, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_20w1s_protonet_trainval", 5, 1): Figure(98.50, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_protonet", 5, 5): Figure(98.31, 0.18, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_maml", 5, 5): Figure(99.35, 0.09, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_anil", 5, 5): Figure(93.68, 0.39, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_metaoptnet", 5, 5): Figure(98.87, 0.14, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_baseline_conv4", 5, 5): Figure(96.78, 0.24, 600, IMAGE_SOURCE),
+    ("omniglot_20w5s_protonet", 5, 5): Figure(99.56, 0.10, 600, IMAGE_SOURCE),
+    ("omniglot_20w1s_protonet", 20, 1): Figure(94.56, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_20w1s_protonet_trainval", 20, 1): Figure(94.89, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_20w5s_protonet", 20, 5): Figure(98.48, 0.08, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_maml", 20, 1): Figure(74.86, 0.67, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w1s_maml", 20, 5): Figure(92.55, 0.50, 100, ANY_WAY_SOURCE),
+    ("omniglot_5w5s_maml", 20, 1): Figure(76.55, 0.56, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w5s_maml", 20, 5): Figure(94.57, 0.36, 100, ANY_WAY_SOURCE),
+    ("omniglot_5w1s_reptile", 20, 1): Figure(38.49, 0.64, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w1s_reptile", 20, 5): Figure(54.16, 0.69, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w1s_anil", 20, 1): Figure(84.76, 0.54, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w1s_anil", 20, 5): Figure(94.54, 0.24, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w5s_anil", 20, 1): Figure(65.15, 0.74, 300, ANY_WAY_SOURCE),
+    ("omniglot_5w5s_anil", 20, 5): Figure(81.35, 0.50, 300, ANY_WAY_SOURCE),
 }
-"""``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint's 5-way row
-(``zoo/<name>.safetensors``; a 20-way checkpoint's row scored with ``eval.way=5``)."""
+"""``results/omniglot.json``: ``accuracy`` and ``ci95`` (as %, 2 decimals) of each zoo checkpoint's rows
+(``zoo/<name>.safetensors``; a 20-way checkpoint's 5-way row scored with ``eval.way=5``); ``results/any_way.json``:
+the 20-way rows of 5-way checkpoints whose head starts as a task of more classes starts by default (prototypes)."""
 ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile", "protonet_trainval": "protonet",
                "fomaml": "maml", "mamlpp": "maml"}
 """The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression;
@@ -84,6 +127,8 @@ class Choice:
     source: str
     reason: str
     """One line: what was chosen, the figure and where it comes from."""
+    way: int | None = None
+    """Images: the number of classes of the episodes the figure was measured on (5 or 20)."""
 
 
 def zoo_dir() -> Path:
@@ -109,34 +154,52 @@ def choose(modality: str, shots: int, way: int, method: str | None = None) -> Ch
     raise FewShotError(f"no default model for {modality!r} inputs")
 
 
+def measured_way(way: int) -> int:
+    """The number of classes whose image figures rank models for a ``way``-class support set: the fewest measured
+    that is at least ``way`` (the most measured beyond them)."""
+    return next((w for w in IMAGE_WAYS if w >= way), IMAGE_WAYS[-1])
+
+
+def trained_way(name: str) -> int:
+    """The number of classes a zoo checkpoint was meta-trained on: ``omniglot_20w1s_protonet`` → 20."""
+    return int(name.split("_")[1].split("w")[0])
+
+
 def _choose_images(shots: int, way: int, method: str | None) -> Choice:
     from fewshot import registry
 
-    cell = bucket(shots, (1, 5))
-    candidates = {name: fig for (name, s), fig in IMAGE_FIGURES.items() if s == cell}
+    cell, at = bucket(shots, (1, 5)), measured_way(way)
+    keys = {key[0]: key for key in IMAGE_FIGURES if key[1:] == (at, cell)}
     if method is not None:
-        models = sorted({zoo_model(name) for name in candidates})
-        candidates = {name: fig for name, fig in candidates.items() if zoo_model(name) == method}
-        if not candidates:
+        models = sorted({zoo_model(name) for (name, _, s) in IMAGE_FIGURES if s == cell})
+        if method not in models:
             raise FewShotError(f"no zoo image model for method {method!r} at {cell} shot(s); there are "
                                f"{', '.join(models)}")
-    elif way != 5:  # a model with a fixed 5-way output layer that cannot build another cannot take other classes
-        methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder()
-                   for name in candidates}
-        candidates = {name: fig for name, fig in candidates.items()
-                      if not (methods[name].needs_head and not methods[name].builds_head)}
-    best = max(candidates, key=lambda name: candidates[name][0])
+        keys = {name: key for name, key in keys.items() if zoo_model(name) == method}
+        if not keys:  # measured on 5-way tasks only: its 5-way figure, which says so
+            keys = {key[0]: key for key in IMAGE_FIGURES if key[1:] == (IMAGE_WAYS[0], cell)
+                    and zoo_model(key[0]) == method}
+    # a model with a fixed output layer that cannot build another takes only the classes it was trained on
+    methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder() for name in keys}
+    keys = {name: key for name, key in keys.items()
+            if way == trained_way(name) or methods[name].builds_head or not methods[name].needs_head}
+    if not keys:
+        raise FewShotError(f"no zoo image model{f' for method {method!r}' if method else ''} takes {way} classes")
+    best = max(keys, key=lambda name: IMAGE_FIGURES[keys[name]].accuracy)
     ranked = "" if method else f", the best zoo checkpoint at {cell} shot{'s' if cell > 1 else ''}"
-    return _image_choice(best, cell, ranked)
+    return _image_choice(best, keys[best], way, ranked)
 
 
-def _image_choice(name: str, cell: int, ranked: str = "") -> Choice:
-    accuracy, ci = IMAGE_FIGURES[(name, cell)]
+def _image_choice(name: str, key: tuple[str, int, int], way: int, ranked: str = "") -> Choice:
+    """The choice of zoo checkpoint ``name`` by its figure ``IMAGE_FIGURES[key]``, for a ``way``-class support set."""
+    _, at, cell = key
+    figure = IMAGE_FIGURES[key]
     path = zoo_dir() / f"{name}.safetensors"
-    scored = ", scored 5-way" if not name.startswith("omniglot_5w") else ""
-    reason = (f"{path.name} ({zoo_model(name)}{scored}){ranked}: {accuracy:.2f} ± {ci:.2f}% on Omniglot 5-way "
-              f"{cell}-shot, 600 test episodes ({IMAGE_SOURCE})")
-    return Choice(str(path), zoo_model(name), cell, accuracy, IMAGE_SOURCE, reason)
+    scored = f", scored {at}-way" if at != trained_way(name) else ""
+    unmeasured = (f"; not measured with more than {at} classes (this support set has {way})" if way > at else "")
+    reason = (f"{path.name} ({zoo_model(name)}{scored}){ranked}: {figure.accuracy:.2f} ± {figure.ci95:.2f}% on "
+              f"Omniglot {at}-way {cell}-shot, {figure.episodes} test episodes ({figure.source}){unmeasured}")
+    return Choice(str(path), zoo_model(name), cell, figure.accuracy, figure.source, reason, at)
 
 
 def _choose_text(shots: int, method: str | None) -> Choice:
@@ -164,10 +227,19 @@ def _choose_text(shots: int, method: str | None) -> Choice:
 
 def figure_for(model: str, modality: str, shots: int, way: int) -> Choice | None:
     """The measured figure of a model given by name (a zoo checkpoint such as ``omniglot_5w<K>s_<method>``, or a
-    recipe / zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none."""
+    recipe / zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none.
+    Images: the figure at :func:`measured_way` of ``way`` (else its 5-way one), at the shot bucket if measured there
+    (else the checkpoint's own shot count)."""
     name = Path(model).name.removesuffix(".safetensors")
     if modality == "images":
-        return next((_image_choice(name, cell) for (zoo, cell) in IMAGE_FIGURES if zoo == name), None)
+        cell = bucket(shots, (1, 5))
+        keys = [key for key in IMAGE_FIGURES if key[0] == name]
+        for at in dict.fromkeys((measured_way(way), IMAGE_WAYS[0])):
+            here = [key for key in keys if key[1] == at]
+            if here:
+                key = next((k for k in here if k[2] == cell), None) or min(here, key=lambda k: abs(k[2] - cell))
+                return _image_choice(name, key, way)
+        return None
     cell = bucket(shots, (1, 5, 10))
     for (method, s) in TEXT_FIGURES:
         if s == cell:
