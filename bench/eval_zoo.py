@@ -32,6 +32,7 @@ PAPER = {  # Omniglot accuracies (%) as published: 5w1s, 5w5s, 20w1s, 20w5s
     "reptile": {"5w1s": 97.68, "5w5s": 99.48, "20w1s": 89.43, "20w5s": 97.12},
     "protonet": {"5w1s": 98.8, "5w5s": 99.7, "20w1s": 96.0, "20w5s": 98.9},
     "mamlpp": {"5w1s": 99.47, "5w5s": 99.85, "20w1s": 97.65, "20w5s": 99.33},
+    "metasgd": {"5w1s": 99.53, "5w5s": 99.93},  # Li et al. 2017 (the 5-way cells)
 }
 
 
@@ -71,8 +72,9 @@ def evaluate_zoo(zoo: Path, episodes: int, root: str | None, only: str = "*", sc
         cell = f"{config.eval.way}w{config.eval.shot}s"
         if scores is not None:
             scores[scores_key(path, overrides)] = correct_counts(result.per_episode, result.way * result.query)
+        named = config.name.rsplit("_", 1)[-1]  # MAML++ and Meta-SGD are MAML with options: the recipe names them
         variant = ("fomaml" if config.method.options.get("first_order") else
-                   "mamlpp" if config.name.endswith("_mamlpp") else config.method.name)
+                   named if named in ("mamlpp", "metasgd") else config.method.name)
         rows.append({"checkpoint": str(path), "recipe": config.name, **({"overrides": overrides} if overrides else {}),
                      "method": variant, "cell": cell,
                      "accuracy": result.accuracy, "ci95": result.ci95, "interval": "student_t",

@@ -25,6 +25,7 @@ from PIL import Image
 
 import fewshot
 from fewshot.cli import main
+from fewshot.defaults import IMAGE_FIGURES
 from fewshot.errors import FewShotError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +77,9 @@ def test_fit_20_way_omniglot_with_a_5_way_protonet_and_predict(omniglot20, proto
     assert len(config["classes"]) == 20 and set(config["shots"].values()) == {5}
     assert config["preprocessing"] == {"image": {"size": 28, "channels": 1, "squeeze": True, "bright_on_dark": True,
                                                  "resize": "nearest"}, "invert": True}
-    assert "97.13 ± 0.31%" in (proto20 / "README.md").read_text()  # the zoo checkpoint's own figure, cited
+    card = (proto20 / "README.md").read_text()  # the zoo checkpoint's own figure, cited, with how far it reaches
+    assert "omniglot_5w1s_protonet.safetensors (protonet): 97.13 ± 0.31% on Omniglot 5-way 1-shot" in card
+    assert "not measured with more than 5 classes (this support set has 20)" in card
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(proto20), str(omniglot20 / "queries"), "--out", str(out), "--top-k", "3"]) == 0
     rows = list(csv.DictReader(open(out)))
@@ -92,7 +95,11 @@ def test_a_5_way_maml_fits_20_classes_with_a_built_head(omniglot20, tmp_path, ca
     out = tmp_path / "maml20"
     assert main(["fit", str(omniglot20 / "support"), "--out", str(out),
                  "--model", str(ZOO / "omniglot_5w1s_maml.safetensors")]) == 0
-    assert len(json.loads((out / "config.json").read_text())["classes"]) == 20
+    figure = IMAGE_FIGURES[("omniglot_5w1s_maml", 20, 5)]  # its figure at 20 classes is said, not the 5-way one
+    assert (f"model: omniglot_5w1s_maml.safetensors (maml, scored 20-way): {figure.accuracy:.2f} ± {figure.ci95:.2f}% "
+            "on Omniglot 20-way 5-shot") in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["classes"]) == 20 and config["expected"]["way"] == 20
     assert main(["predict", str(out), str(omniglot20 / "queries"), "--out", str(tmp_path / "p.csv"),
                  "--no-progress"]) == 0
     assert _accuracy(tmp_path / "p.csv") >= MAML20_FLOOR

@@ -32,7 +32,6 @@ import torch
 
 from fewshot import __version__
 from fewshot.classify import (
-    Support,
     adapt,
     load_images,
     load_model_input,
@@ -198,8 +197,9 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
     """Adapt a model to the labelled examples in ``support`` once; returns the :class:`Classifier`.
 
     ``model``: a run folder, checkpoint (``zoo/*.safetensors``) or recipe needing no training; by default the best of
-    our results at the support set's shot count (``method`` narrows that choice to one method; ``notes`` receives a
-    line saying what was chosen and why, and other remarks). ``overrides`` (``key=value``) change the model's config
+    our results at the support set's shot count and number of classes (``method`` narrows that choice to one method;
+    ``notes`` receives a line saying what was chosen and why, or, for a model our tables measure, its figure at that
+    number of classes; and other remarks). ``overrides`` (``key=value``) change the model's config
     before it adapts (``method.test_inner_steps=20``); the saved classifier keeps the config it ran with.
     """
     note = notes or (lambda message: None)
@@ -212,6 +212,12 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
         note(f"default model: {choice.reason}")
     elif method is not None:
         raise FewShotError("give --model or --method, not both (--method picks among the default models)")
+    else:
+        from fewshot.defaults import figure_for
+
+        choice = figure_for(str(model), data.modality, shots, way)
+        if choice is not None:
+            note(f"model: {choice.reason}")
     loaded, config, spec = load_model_input(model, way, overrides)
     if data.modality == "text":
         loaded.set_class_names(data.class_names)
@@ -226,16 +232,13 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
         "support": data.source, "transductive": False,
         "preprocessing": ({"image": spec.to_dict(), "invert": prepared.flip} if data.modality == "images"
                           else {"text": "each input's text, stripped of surrounding spaces"}),
-        "expected": _expected(choice, data, str(model)),
+        "expected": _expected(choice),
     }
     return Classifier(loaded, predictor.eval(), config, data.class_names, info)
 
 
-def _expected(choice: Choice | None, data: Support, model: str) -> dict[str, Any] | None:
+def _expected(choice: Choice | None) -> dict[str, Any] | None:
     """The measured figure behind the model: the default's, or that of the same model in our tables."""
-    from fewshot.defaults import figure_for
-
-    choice = choice or figure_for(model, data.modality, min(data.shots), len(data.class_names))
     if choice is None:
         return None
     way = {} if choice.way is None else {"way": choice.way}

@@ -490,7 +490,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise FewShotError(f"{args.out} already holds a classifier; pass --force to replace it")
     classifier = fit(args.support, args.model, args.method, args.text_column, args.label_column, args.invert,
                      image_column=args.image_column, overrides=args.settings,
-                     notes=lambda m: print(m) if m.startswith("default model:") else _note(m))
+                     notes=lambda m: print(m) if m.startswith(("default model:", "model:")) else _note(m))
     classifier.save_pretrained(args.out)
     shots = list(classifier.info["shots"].values())
     each = f"{min(shots)}" if min(shots) == max(shots) else f"{min(shots)} to {max(shots)}"
