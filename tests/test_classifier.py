@@ -25,7 +25,7 @@ from PIL import Image
 
 import fewshot
 from fewshot.cli import main
-from fewshot.defaults import IMAGE_FIGURES
+from fewshot.defaults import IMAGE_FIGURES, choose
 from fewshot.errors import FewShotError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +167,31 @@ def test_default_one_shot_image_model_is_cited_and_scores(omniglot20, tmp_path, 
 ONE_SHOT_FLOOR = 0.93
 """The default fitted on 20 characters x 1 drawing: measured 96.67% of the 300 drawings in queries/ (290; the 1-shot
 MetaOptNet, the default before it: 95.67%, 287); chance 5%."""
+
+
+def test_default_for_five_classes_is_ranked_by_the_five_way_figures(omniglot20, tmp_path, capsys):
+    """Five characters x 1 drawing: the default is the best zoo checkpoint on 5-way 1-shot tasks, whatever it does with
+    more classes, and it scores those characters' other drawings."""
+    support, queries = tmp_path / "five", tmp_path / "five_queries"
+    for folder in sorted((omniglot20 / "support").iterdir())[:5]:
+        (support / folder.name).mkdir(parents=True)
+        first = sorted(folder.iterdir())[0]
+        shutil.copy(first, support / folder.name / first.name)
+        shutil.copytree(omniglot20 / "queries" / folder.name, queries / folder.name)
+    choice = choose("images", 1, 5)
+    assert choice.way == 5 and choice.accuracy == max(f.accuracy for (_, way, shot), f in IMAGE_FIGURES.items()
+                                                      if (way, shot) == (5, 1))
+    assert main(["fit", str(support), "--out", str(tmp_path / "default")]) == 0
+    printed = capsys.readouterr().out
+    assert f"default model: {Path(choice.model).name} " in printed and "on Omniglot 5-way 1-shot" in printed
+    assert main(["predict", str(tmp_path / "default"), str(queries), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"]) == 0
+    assert _accuracy(tmp_path / "p.csv") >= FIVE_CLASS_FLOOR
+
+
+FIVE_CLASS_FLOOR = 0.9
+"""A model fitted on 5 characters x 1 drawing, measured on their 75 other drawings: zoo ProtoNet 20w1s train + val
+(the default) 75, MAML++ 74, first-order MAML 75; chance 20%."""
 
 
 def test_image_round_trip_is_bit_identical(omniglot20, tmp_path):
