@@ -221,8 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "classifier folder (weights, config.json, README.md model card). SUPPORT is a "
                                    "folder SUPPORT/<class_name>/<images>, a .csv / .tsv / .jsonl file of labelled "
                                    "text, or a Hugging Face data set saved with save_to_disk. Without --model, the "
-                                   "model that scored best in our results at the support set's shot count is used "
-                                   "(the choice and its figure are printed).")
+                                   "model that scored best in our results at the support set's shot count (and, "
+                                   "for images, its number of classes: 5-way figures up to 5, 20-way beyond) is "
+                                   "used; the choice and its figure are printed, as is a given model's figure "
+                                   "where our results measure it.")
     p.add_argument("support", type=Path, help="image folder, text file or saved Hugging Face data set")
     p.add_argument("--out", type=Path, required=True, help="classifier folder to write")
     p.add_argument("--model", help="run folder, .safetensors checkpoint (zoo/...), or a pretrained recipe")
