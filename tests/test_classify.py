@@ -40,8 +40,11 @@ def test_classify_own_images_with_shipped_protonet(data_root, tmp_path, capsys):
     support, queries = write_omniglot_folder(data_root, tmp_path)
     assert main(["classify", str(ZOO / "omniglot_5w1s_protonet.safetensors"), str(support),
                  str(tmp_path / "queries"), "--json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = capsys.readouterr()
+    rows = [json.loads(line) for line in printed.out.splitlines()]
     assert len(rows) == len(queries) == 20
+    assert ("fewshot: note: model: omniglot_5w1s_protonet.safetensors (protonet): 97.13 ± 0.31% on Omniglot 5-way "
+            "1-shot") in printed.err  # its measured figure, on stderr beside the answers
     correct = sum(Path(r["query"]).name.split("__")[0] == r["label"] for r in rows)
     assert correct >= 16, rows  # 4-way one-shot on unseen alphabets; chance is 5 of 20
 

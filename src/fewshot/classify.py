@@ -19,6 +19,7 @@ import torch
 from fewshot.config import RunConfig, apply_overrides, load_config
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
+from fewshot.defaults import figure_for
 from fewshot.engine.checkpoint import checkpoint_input, describe_input, load_checkpoint
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
@@ -240,12 +241,16 @@ def classify(
     Each query's answer is its own: it never depends on the other queries of the call (a method that can score the
     queries together, :attr:`fewshot.methods.base.Method.transductive`, is asked not to), nor on earlier calls (the
     adaptation runs from a fixed random state; the caller's is left as it was). ``notes`` receives what the user
-    should know but that is not an error (files ignored, images found in sub-folders). ``overrides``: as
+    should know but that is not an error (files ignored, images found in sub-folders, the model's measured figure at
+the support set's shot count and number of classes where our results have one). ``overrides``: as
     :func:`load_model_input` takes them.
     """
     note = notes or (lambda message: None)
     data = read_support(support, text_column, label_column, image_column)
     names = data.class_names
+    measured = figure_for(str(model), data.modality, min(data.shots), len(names))
+    if measured is not None:
+        note(f"model: {measured.reason}")
     if data.modality == "images":
         paths = _image_paths(queries, note)
         method, config, spec = load_model_input(model, len(names), overrides)
