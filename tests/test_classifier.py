@@ -119,10 +119,14 @@ def test_fit_and_classify_take_config_overrides(omniglot20, tmp_path, capsys):
                  "--set", "method.test_inner_steps=3"]) == 0
     assert json.loads((out / "config.json").read_text())["config"]["method"]["options"]["head_init"] == "zeros"
     assert torch.equal(fewshot.from_pretrained(out).predict_proba(queries), zeros.predict_proba(queries))
-    capsys.readouterr()
+    unlike = ("(measured with the model's own settings, not with --set method.head_init=zeros "
+              "method.test_inner_steps=3)")  # the cited figure is not of these settings, and says so
+    assert capsys.readouterr().out.splitlines()[0].endswith(unlike)
     assert main(["classify", maml, support, *queries[:3], "--json", "--set", "method.head_init=zeros",
                  "--set", "method.test_inner_steps=3"]) == 0
-    said = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    printed = capsys.readouterr()
+    assert printed.err.startswith("fewshot: note: model: omniglot_5w1s_maml.safetensors") and unlike in printed.err
+    said = [json.loads(line) for line in printed.out.splitlines()]
     expected = zeros.predict_proba(queries[:3])
     for row, probabilities in zip(said, expected, strict=True):
         assert row["probability"] == pytest.approx(float(probabilities.max()), abs=1e-4)

@@ -80,8 +80,26 @@ def test_method_narrows_the_choice():
     assert defaults.choose("text", 12, 40, "features").model == "clinc150_10s_all_features_minilm"
     with pytest.raises(Exception, match="no measured MiniLM method 'setfit' at 10"):
         defaults.choose("text", 10, 5, "setfit")
-    with pytest.raises(Exception, match="no zoo image model for method 'nosuch' at 1 shot"):
+    with pytest.raises(Exception, match="no zoo image model for method 'nosuch' measured at 1 shot with 5 classes"):
         defaults.choose("images", 1, 5, "nosuch")
+    # measured at 20-way 5-shot, but not at 5-way 5-shot: no figure for 5 classes
+    assert defaults.IMAGE_FIGURES[("omniglot_5w1s_mamlpp", 20, 5)]
+    with pytest.raises(Exception, match="no zoo image model for method 'mamlpp' measured at 5 shots with 5 classes; "
+                                        "there are anil, baseline_conv4, maml, metaoptnet, protonet$"):
+        defaults.choose("images", 5, 5, "mamlpp")
+
+
+def test_a_model_with_a_fixed_output_layer_takes_only_its_trained_classes(monkeypatch):
+    """A zoo method that needs an output layer and cannot build another is a candidate only at its trained way."""
+    from types import SimpleNamespace
+
+    from fewshot import registry
+
+    fixed = SimpleNamespace(needs_head=True, builds_head=False)
+    monkeypatch.setitem(registry.METHODS, "metaoptnet", SimpleNamespace(builder=lambda: fixed))
+    assert defaults.choose("images", 1, 5, "metaoptnet").method == "metaoptnet"
+    with pytest.raises(Exception, match="no zoo image model for method 'metaoptnet' takes 4 classes"):
+        defaults.choose("images", 1, 4, "metaoptnet")
 
 
 def test_more_classes_rank_by_the_figures_at_that_many_classes(monkeypatch):
@@ -109,16 +127,25 @@ def test_a_model_not_measured_with_so_many_classes_says_so():
                                                             "(this support set has 21)")
 
 
-def test_a_named_zoo_model_gets_its_own_figure():
+def test_a_named_zoo_model_gets_its_own_figure(tmp_path):
     """``fit --model zoo/...`` reports that checkpoint's figure at the support set's number of classes, not the best of
-    its method."""
-    assert defaults.figure_for("zoo/omniglot_5w1s_protonet.safetensors", "images", 1, 5).accuracy == 97.13
-    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 3)
+    its method; a model outside the zoo has none, even under a zoo checkpoint's name."""
+    zoo = defaults.zoo_dir()
+    assert defaults.figure_for(str(zoo / "omniglot_5w1s_protonet.safetensors"), "images", 1, 5).accuracy == 97.13
+    trainval = defaults.figure_for(str(zoo / "omniglot_20w1s_protonet_trainval.safetensors"), "images", 1, 3)
     assert (trainval.accuracy, trainval.method) == (98.50, "protonet_trainval") and "scored 5-way" in trainval.reason
-    trainval = defaults.figure_for("omniglot_20w1s_protonet_trainval", "images", 1, 7)
+    trainval = defaults.figure_for(str(zoo / "omniglot_20w1s_protonet_trainval.safetensors"), "images", 1, 7)
     assert (trainval.accuracy, trainval.way) == (94.89, 20) and "scored" not in trainval.reason
-    maml = defaults.figure_for("omniglot_5w1s_maml", "images", 5, 20)  # measured 20-way at 1 and 5 shots
+    maml = defaults.figure_for(str(zoo / "omniglot_5w1s_maml.safetensors"), "images", 5, 20)  # 20-way at 1 and 5 shots
     assert (maml.accuracy, maml.shots) == (defaults.IMAGE_FIGURES[("omniglot_5w1s_maml", 20, 5)].accuracy, 5)
-    unmeasured = defaults.figure_for("omniglot_5w1s_metaoptnet", "images", 1, 20)
+    unmeasured = defaults.figure_for(str(zoo / "omniglot_5w1s_metaoptnet.safetensors"), "images", 1, 20)
     assert unmeasured.way == 5 and "not measured with more than 5 classes" in unmeasured.reason
     assert defaults.figure_for("zoo/somebody_elses.safetensors", "images", 1, 5) is None
+    for own in ("runs/omniglot_5w1s_maml", "omniglot_5w1s_maml", tmp_path / "omniglot_5w1s_maml.safetensors"):
+        assert defaults.figure_for(str(own), "images", 1, 5) is None  # the user's own run or copy: not measured
+
+
+def test_a_figure_measured_without_the_users_settings_says_so():
+    assert defaults.measured_as([]) == ""
+    assert defaults.measured_as(["method.head_init=zeros"]) == (" (measured with the model's own settings, not with "
+                                                                "--set method.head_init=zeros)")

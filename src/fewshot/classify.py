@@ -19,7 +19,7 @@ import torch
 from fewshot.config import RunConfig, apply_overrides, load_config
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
-from fewshot.defaults import figure_for
+from fewshot.defaults import figure_for, measured_as
 from fewshot.engine.checkpoint import checkpoint_input, describe_input, load_checkpoint
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
@@ -242,15 +242,12 @@ def classify(
     queries together, :attr:`fewshot.methods.base.Method.transductive`, is asked not to), nor on earlier calls (the
     adaptation runs from a fixed random state; the caller's is left as it was). ``notes`` receives what the user
     should know but that is not an error (files ignored, images found in sub-folders, the model's measured figure at
-the support set's shot count and number of classes where our results have one). ``overrides``: as
+    the support set's shot count and number of classes where our results have one). ``overrides``: as
     :func:`load_model_input` takes them.
     """
     note = notes or (lambda message: None)
     data = read_support(support, text_column, label_column, image_column)
     names = data.class_names
-    measured = figure_for(str(model), data.modality, min(data.shots), len(names))
-    if measured is not None:
-        note(f"model: {measured.reason}")
     if data.modality == "images":
         paths = _image_paths(queries, note)
         method, config, spec = load_model_input(model, len(names), overrides)
@@ -264,6 +261,9 @@ the support set's shot count and number of classes where our results have one). 
         method.set_class_names(names)
         prepared = prepare_support(data, spec, config, invert, note)
         labels = list(query_items)
+    measured = figure_for(str(model), data.modality, min(data.shots), len(names))
+    if measured is not None:
+        note(f"model: {measured.reason}{measured_as(overrides)}")
     predictor = adapt(method, prepared.x, prepared.y, len(names))
     with torch.no_grad():
         probs = torch.softmax(predictor(to_device(query_items, method.device)).float(), dim=-1).cpu()

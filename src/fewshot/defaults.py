@@ -13,15 +13,16 @@ The figures are copied from the committed results (``tests/test_defaults.py`` ch
 
 Shot buckets: fewer than 3 examples per class (the smallest class counts) reads the 1-shot figures, 3 to 7 the 5-shot
 figures, 8 or more the 10-shot figures (images: the 5-shot ones, the most measured). Images are ranked by the figures
-of the fewest measured classes that is at least the support set's (up to 5 classes: the 5-way figures; 6 or more: the
-20-way ones), because a model meta-trained on 5 classes loses much more on 20-way tasks than one of prototypes does
-(``results/omniglot.md``, "5-way models on 20-way episodes"). A model without a figure at that number of classes is
-not a candidate; asked for by ``--method``, it gets its 5-way figure, which then says it was not measured with so many
-classes.
+at the fewest measured number of classes that is at least the support set's, or at the most measured beyond them (up
+to 5 classes: the 5-way figures; 6 or more: the 20-way ones), because a model meta-trained on 5 classes loses much
+more on 20-way tasks than one of prototypes does (``results/omniglot.md``, "5-way models on 20-way episodes"). A
+model without a figure at that number of classes is not a candidate; asked for by ``--method``, it gets its 5-way
+figure, which then says it was not measured with so many classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -175,14 +176,15 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
     cell, at = bucket(shots, (1, 5)), measured_way(way)
     keys = {key[0]: key for key in IMAGE_FIGURES if key[1:] == (at, cell)}
     if method is not None:
-        models = sorted({zoo_model(name) for (name, _, s) in IMAGE_FIGURES if s == cell})
-        if method not in models:
-            raise FewShotError(f"no zoo image model for method {method!r} at {cell} shot(s); there are "
-                               f"{', '.join(models)}")
         keys = {name: key for name, key in keys.items() if zoo_model(name) == method}
         if not keys:  # measured on 5-way tasks only: its 5-way figure, which says so
             keys = {key[0]: key for key in IMAGE_FIGURES if key[1:] == (IMAGE_WAYS[0], cell)
                     and zoo_model(key[0]) == method}
+        if not keys:
+            models = sorted({zoo_model(name) for (name, w, s) in IMAGE_FIGURES
+                             if s == cell and w in (at, IMAGE_WAYS[0])})
+            raise FewShotError(f"no zoo image model for method {method!r} measured at {cell} shot"
+                               f"{'s' if cell > 1 else ''} with {way} classes; there are {', '.join(models)}")
     # a model with a fixed output layer that cannot build another takes only the classes it was trained on
     methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder() for name in keys}
     keys = {name: key for name, key in keys.items()
@@ -229,13 +231,22 @@ def _choose_text(shots: int, method: str | None) -> Choice:
     return Choice(model, best, cell, candidates[best], TEXT_SOURCE, reason)
 
 
+def measured_as(overrides: Sequence[str]) -> str:
+    """What a cited figure adds when the user changes the model's config: it was measured without those changes."""
+    return f" (measured with the model's own settings, not with --set {' '.join(overrides)})" if overrides else ""
+
+
 def figure_for(model: str, modality: str, shots: int, way: int) -> Choice | None:
-    """The measured figure of a model given by name (a zoo checkpoint such as ``omniglot_5w<K>s_<method>``, or a
-    recipe / zoo prompt of a text method at the support set's shot bucket), or ``None`` when our tables have none.
+    """The measured figure of a model given by name (a checkpoint in :func:`zoo_dir` such as
+    ``zoo/omniglot_5w<K>s_<method>.safetensors``, or a recipe / zoo prompt of a text method at the support set's shot
+    bucket), or ``None`` when our tables have none.
     Images: the figure at :func:`measured_way` of ``way`` (else its 5-way one), at the shot bucket if measured there
     (else the checkpoint's own shot count)."""
     name = Path(model).name.removesuffix(".safetensors")
     if modality == "images":
+        path = Path(model)
+        if path.suffix != ".safetensors" or path.resolve().parent != zoo_dir().resolve():
+            return None  # only the shipped checkpoints are measured; a run folder of the same name is the user's own
         cell = bucket(shots, (1, 5))
         keys = [key for key in IMAGE_FIGURES if key[0] == name]
         for at in dict.fromkeys((measured_way(way), IMAGE_WAYS[0])):
