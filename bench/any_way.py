@@ -84,6 +84,17 @@ def run_cell(cell: dict) -> dict:
     return row
 
 
+def calls(previous: dict) -> list[dict]:
+    """The calls that wrote ``previous`` (a results file), oldest first; a file from before calls were listed names
+    only its last call, in its header."""
+    if "calls" in previous:
+        return list(previous["calls"])
+    if "command" in previous:
+        return [{key: previous[key] for key in ("command", "cpus", "wall_seconds", "wall_seconds_this_call")
+                 if key in previous}]
+    return []
+
+
 def machine_name() -> str:
     """This machine's CPU as the rows name it: the model name, and the x86 family and model where known."""
     from fewshot.hardware import machine
@@ -149,7 +160,7 @@ def main() -> None:
         print(table(json.loads(args.out.read_text())))
         return
     todo = cells(args.only, args.episodes, args.maml_episodes, tuple(args.kinds))
-    kept = []
+    kept, previous = [], {}
     if args.out.exists():
         previous = json.loads(args.out.read_text())
         done = {r["command"]: {"machine": previous.get("machine"), **r} for r in previous["results"]}  # rows
@@ -166,13 +177,15 @@ def main() -> None:
 
     rows.sort(key=lambda r: (CHECKPOINTS.index(Path(r["checkpoint"]).stem), -r["way"], r["shot"], r["init"]))
     machines = sorted({r["machine"] for r in rows})
+    call = {"command": "python bench/any_way.py " + " ".join(
+                [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]
+                + ([f"--only {' '.join(args.only)}"] if args.only != list(DEFAULT) else [])
+                + ([f"--kinds {' '.join(args.kinds)}"] if args.kinds != list(KINDS) else [])
+                + (["--reuse"] if args.reuse else [])),
+            "cpus": f"{args.jobs} processes, 1 thread each", "machine": machine_name(),
+            "cells_scored": len(todo), "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
-           "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__,
-           "interval": "student_t", "command": "python bench/any_way.py " + " ".join(
-               [f"--episodes {args.episodes}", f"--maml-episodes {args.maml_episodes}", f"--jobs {args.jobs}"]
-               + ([f"--only {' '.join(args.only)}"] if args.only != list(DEFAULT) else [])
-               + ([f"--kinds {' '.join(args.kinds)}"] if args.kinds != list(KINDS) else [])),
-           "wall_seconds": round(time.perf_counter() - start),
+           "torch": torch.__version__, "interval": "student_t", "calls": calls(previous) + [call],
            "eval_seconds_all_cells": round(sum(r["eval_seconds"] for r in rows)),
            "comparisons": comparisons(rows), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

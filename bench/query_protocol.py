@@ -187,7 +187,10 @@ def main() -> None:
         print(table(json.loads(args.out.read_text())))
         return
     wanted = cells(args.only or zoo_checkpoints(), args.episodes)
-    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else []
+    from bench.any_way import calls, machine_name
+
+    written = json.loads(args.out.read_text()) if args.out.exists() else {}
+    previous = written.get("results", [])
     done = {r["command"]: r for r in previous} if args.reuse else {}
     todo = [c for c in wanted if command(c) not in done]
     start = time.perf_counter()
@@ -200,11 +203,12 @@ def main() -> None:
     import torch
 
     machines = sorted({r["machine"] for r in rows})
+    call = {"command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}"
+                       + (f" --only {' '.join(args.only)}" if args.only else "") + (" --reuse" if args.reuse else ""),
+            "cpus": f"{args.jobs} processes, 1 thread each", "machine": machine_name(), "cells_scored": len(todo),
+            "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
-           "cpus": f"{args.jobs} processes, 1 thread each", "torch": torch.__version__, "interval": "student_t",
-           "command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}"
-                      + (f" --only {' '.join(args.only)}" if args.only else ""),
-           "wall_seconds_this_call": round(time.perf_counter() - start),
+           "torch": torch.__version__, "interval": "student_t", "calls": calls(written) + [call],
            "eval_seconds_all_rows": round(sum(r["eval_seconds"] for r in rows)),
            "comparisons": comparisons(rows), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
