@@ -1,5 +1,5 @@
-"""5-way zoo checkpoints (MAML, Reptile, ANIL) scored on 20-way and 3-way Omniglot tasks, per output-layer
-initialisation.
+"""5-way zoo checkpoints (MAML and its variants, Reptile, ANIL) scored on 20-way and 3-way Omniglot tasks, per
+output-layer initialisation.
 
 Every cell is exactly ``fewshot eval CKPT --episodes E --json eval.way=W eval.shot=S method.head_init=I
 train.threads=1`` (the same ``score``, the fixed test episodes from ``eval.seed``), run in this process so that the
@@ -22,8 +22,9 @@ from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_fomaml", "omniglot_5w1s_mamlpp",
-               "omniglot_5w1s_reptile", "omniglot_5w1s_reptile_shared", "omniglot_5w1s_anil", "omniglot_5w5s_anil")
+CHECKPOINTS = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_fomaml", "omniglot_5w5s_fomaml",
+               "omniglot_5w1s_mamlpp", "omniglot_5w1s_metasgd", "omniglot_5w1s_reptile",
+               "omniglot_5w1s_reptile_shared", "omniglot_5w1s_anil", "omniglot_5w5s_anil")
 DEFAULT = ("omniglot_5w1s_maml", "omniglot_5w5s_maml", "omniglot_5w1s_reptile", "omniglot_5w1s_anil",
            "omniglot_5w5s_anil")
 """The checkpoints of a run without ``--only`` (the table orders rows by :data:`CHECKPOINTS`)."""
