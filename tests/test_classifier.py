@@ -194,8 +194,8 @@ def test_default_for_five_classes_is_ranked_by_the_five_way_figures(omniglot20, 
 
 
 FIVE_CLASS_FLOOR = 0.9
-"""A model fitted on 5 characters x 1 drawing, measured on their 75 other drawings: zoo ProtoNet 20w1s train + val
-(the default) 75, MAML++ 74, first-order MAML 75; chance 20%."""
+"""A model fitted on 5 characters x 1 drawing, measured on their 75 other drawings: zoo Meta-SGD 5w1s (the default)
+75, ProtoNet 20w1s train + val (the default before it) 75, MAML++ 74, first-order MAML 75; chance 20%."""
 
 
 def test_image_round_trip_is_bit_identical(omniglot20, tmp_path):

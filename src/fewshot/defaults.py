@@ -56,6 +56,7 @@ IMAGE_FIGURES: dict[tuple[str, int, int], Figure] = {
     ("omniglot_5w1s_reptile_shared", 5, 1): Figure(91.25, 0.53, 600, IMAGE_SOURCE),
     ("omniglot_5w1s_fomaml", 5, 1): Figure(98.30, 0.23, 600, IMAGE_SOURCE),
     ("omniglot_5w1s_mamlpp", 5, 1): Figure(98.33, 0.23, 600, IMAGE_SOURCE),
+    ("omniglot_5w1s_metasgd", 5, 1): Figure(98.74, 0.19, 600, IMAGE_SOURCE),
     ("omniglot_20w1s_protonet", 5, 1): Figure(98.43, 0.23, 600, IMAGE_SOURCE),
     ("omniglot_20w1s_protonet_trainval", 5, 1): Figure(98.50, 0.23, 600, IMAGE_SOURCE),
     ("omniglot_5w5s_protonet", 5, 5): Figure(98.31, 0.18, 600, IMAGE_SOURCE),
@@ -63,6 +64,7 @@ IMAGE_FIGURES: dict[tuple[str, int, int], Figure] = {
     ("omniglot_5w5s_anil", 5, 5): Figure(93.68, 0.39, 600, IMAGE_SOURCE),
     ("omniglot_5w5s_metaoptnet", 5, 5): Figure(98.87, 0.14, 600, IMAGE_SOURCE),
     ("omniglot_5w5s_baseline_conv4", 5, 5): Figure(96.78, 0.24, 600, IMAGE_SOURCE),
+    ("omniglot_5w5s_fomaml", 5, 5): Figure(98.65, 0.13, 600, IMAGE_SOURCE),
     ("omniglot_20w5s_protonet", 5, 5): Figure(99.56, 0.10, 600, IMAGE_SOURCE),
     ("omniglot_20w1s_protonet", 20, 1): Figure(94.56, 0.23, 600, IMAGE_SOURCE),
     ("omniglot_20w1s_protonet_trainval", 20, 1): Figure(94.89, 0.23, 600, IMAGE_SOURCE),
@@ -86,10 +88,10 @@ IMAGE_FIGURES: dict[tuple[str, int, int], Figure] = {
 (``zoo/<name>.safetensors``; a 20-way checkpoint's 5-way row scored with ``eval.way=5``); ``results/any_way.json``:
 the 20-way rows of 5-way checkpoints whose head starts as a task of more classes starts by default (prototypes)."""
 ZOO_METHODS = {"baseline_conv4": "features", "reptile_shared": "reptile", "protonet_trainval": "protonet",
-               "fomaml": "maml", "mamlpp": "maml"}
+               "fomaml": "maml", "mamlpp": "maml", "metasgd": "maml"}
 """The method of a zoo model whose name is not its method's (the Baseline: supervised Conv-4 + logistic regression;
 Reptile with the paper code's shared Adam state; ProtoNet meta-trained on the train + validation characters;
-first-order MAML; MAML++, MAML with its options on)."""
+first-order MAML; MAML++ and Meta-SGD, MAML with their options on)."""
 
 
 def zoo_model(name: str) -> str:
