@@ -85,7 +85,8 @@ def test_method_narrows_the_choice():
     # measured at 20-way 5-shot, but not at 5-way 5-shot: no figure for 5 classes
     assert defaults.IMAGE_FIGURES[("omniglot_5w1s_mamlpp", 20, 5)]
     with pytest.raises(Exception, match="no zoo image model for method 'mamlpp' measured at 5 shots with 5 classes; "
-                                        "there are anil, baseline_conv4, fomaml, maml, metaoptnet, protonet$"):
+                                        "there are anil, baseline_conv4, fomaml, maml, metaoptnet, protonet "
+                                        "\\(or give a checkpoint with --model\\)$"):
         defaults.choose("images", 5, 5, "mamlpp")
 
 

@@ -190,7 +190,8 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
             models = sorted({zoo_model(name) for (name, w, s) in IMAGE_FIGURES
                              if s == cell and w in (at, IMAGE_WAYS[0])})
             raise FewShotError(f"no zoo image model for method {method!r} measured at {cell} shot"
-                               f"{'s' if cell > 1 else ''} with {way} classes; there are {', '.join(models)}")
+                               f"{'s' if cell > 1 else ''} with {way} classes; there are {', '.join(models)} "
+                               f"(or give a checkpoint with --model)")
     # a model with a fixed output layer that cannot build another takes only the classes it was trained on
     methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder() for name in keys}
     keys = {name: key for name, key in keys.items()

@@ -68,7 +68,31 @@ def _episodes(n: int):
     return check
 
 
+def _fit_with_method(method: str):
+    """``fewshot fit`` of a user's 2-class, 5-shot image folder, the default chosen by ``--method``."""
+    def setup(folder, data):
+        from PIL import Image, ImageDraw
+
+        for c, name in enumerate(("circle", "bar")):
+            (folder / "mine" / name).mkdir(parents=True)
+            for i in range(5):
+                image = Image.new("L", (28, 28), 255)
+                shape = ImageDraw.Draw(image).ellipse if c == 0 else ImageDraw.Draw(image).rectangle
+                shape((4 + i, 4, 20 + i, 12 + 2 * i), fill=0)
+                image.save(folder / "mine" / name / f"{i}.png")
+        return ["fit", str(folder / "mine"), "--out", str(folder / "clf"), "--method", method]
+
+    return setup
+
+
+def _no_classifier(folder, out):
+    assert not (folder / "clf").exists()
+
+
 CASES = [
+    Case("fit --method with no figure at the support set's shots and classes", "config", _fit_with_method("mamlpp"),
+         match=r"no zoo image model for method 'mamlpp' measured at 5 shots with 2 classes; there are .*\(or give a "
+               r"checkpoint with --model\)", check=_no_classifier),
     Case("unknown override key", "config", _train_with("method.inner_stepz=2"), match="unknown config key"),
     Case("override of the wrong type", "config", _train_with("train.lr=fast"), match="train.lr must be a number"),
     Case("way larger than the classes", "config", _train_with("eval.way=5000", "train.iterations=0"),
