@@ -171,7 +171,7 @@ def measured_way(way: int) -> int:
     return next((w for w in IMAGE_WAYS if w >= way), IMAGE_WAYS[-1])
 
 
-def trained_way(name: str) -> int:
+def zoo_way(name: str) -> int:
     """The number of classes a zoo checkpoint was meta-trained on: ``omniglot_20w1s_protonet`` → 20."""
     return int(name.split("_")[1].split("w")[0])
 
@@ -195,7 +195,7 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
     # a model with a fixed output layer that cannot build another takes only the classes it was trained on
     methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder() for name in keys}
     keys = {name: key for name, key in keys.items()
-            if way == trained_way(name) or methods[name].builds_head or not methods[name].needs_head}
+            if way == zoo_way(name) or methods[name].builds_head or not methods[name].needs_head}
     if not keys:
         raise FewShotError(f"no zoo image model{f' for method {method!r}' if method else ''} takes {way} classes")
     best = max(keys, key=lambda name: IMAGE_FIGURES[keys[name]].accuracy)
@@ -208,7 +208,7 @@ def _image_choice(name: str, key: tuple[str, int, int], way: int, ranked: str = 
     _, at, cell = key
     figure = IMAGE_FIGURES[key]
     path = zoo_dir() / f"{name}.safetensors"
-    scored = f", scored {at}-way" if at != trained_way(name) else ""
+    scored = f", scored {at}-way" if at != zoo_way(name) else ""
     unmeasured = (f"; not measured with more than {at} classes (this support set has {way})" if way > at else "")
     reason = (f"{path.name} ({zoo_model(name)}{scored}){ranked}: {figure.accuracy:.2f} ± {figure.ci95:.2f}% on "
               f"Omniglot {at}-way {cell}-shot, {figure.episodes} test episodes ({figure.source}){unmeasured}")
