@@ -38,9 +38,11 @@ KINDS = ("other", "same", "fewer")
 
 
 def cells(names: list[str], episodes: int, maml_episodes: int, kinds: tuple[str, ...] = KINDS) -> list[dict]:
+    from fewshot.defaults import zoo_cell
+
     out = []
     for name in names:
-        own_shot = int(name.split("_")[1].split("w")[1].rstrip("s"))
+        own_shot = zoo_cell(name)[1]
         zoo = f"zoo/{name}.safetensors"
         if "other" in kinds:
             for shot in (1, 5):

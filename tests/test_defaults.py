@@ -150,3 +150,14 @@ def test_a_figure_measured_without_the_users_settings_says_so():
     assert defaults.measured_as([]) == ""
     assert defaults.measured_as(["method.head_init=zeros"]) == (" (measured with the model's own settings, not with "
                                                                 "--set method.head_init=zeros)")
+    choice, line = defaults.model_note(str(defaults.zoo_dir() / "omniglot_5w1s_metasgd.safetensors"), "images", 1, 5,
+                                       ["method.test_inner_steps=20"])
+    assert line == f"model: {choice.reason} (measured with the model's own settings, not with --set " \
+                   "method.test_inner_steps=20)"
+    assert defaults.model_note("runs/omniglot_5w1s_metasgd", "images", 1, 5) is None
+
+
+def test_a_zoo_name_gives_the_cell_it_was_trained_on():
+    assert defaults.zoo_cell("omniglot_20w1s_protonet_trainval") == (20, 1)
+    assert defaults.zoo_cell("omniglot_5w5s_fomaml") == (5, 5)
+    assert defaults.zoo_way("omniglot_20w5s_protonet") == 20

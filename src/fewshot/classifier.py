@@ -43,7 +43,7 @@ from fewshot.classify import (
 from fewshot.config import RunConfig
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
-from fewshot.defaults import Choice, choose, figure_for, measured_as
+from fewshot.defaults import Choice, choose, measured_as, model_note
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
 from fewshot.errors import FewShotError
@@ -213,8 +213,9 @@ def fit(support: str | Path, model: str | Path | None = None, method: str | None
     elif method is not None:
         raise FewShotError("give --model or --method, not both (--method picks among the default models)")
     loaded, config, spec = load_model_input(model, way, overrides)
-    if choice is None and (choice := figure_for(str(model), data.modality, shots, way)) is not None:
-        note(f"model: {choice.reason}{measured_as(overrides)}")
+    if choice is None and (measured := model_note(str(model), data.modality, shots, way, overrides)) is not None:
+        choice, line = measured
+        note(line)
     if data.modality == "text":
         loaded.set_class_names(data.class_names)
     prepared = prepare_support(data, spec, config, invert, note)

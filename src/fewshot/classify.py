@@ -19,7 +19,7 @@ import torch
 from fewshot.config import RunConfig, apply_overrides, load_config
 from fewshot.data.base import ImageInput
 from fewshot.data.inputs import to_device
-from fewshot.defaults import figure_for, measured_as
+from fewshot.defaults import model_note
 from fewshot.engine.checkpoint import checkpoint_input, describe_input, load_checkpoint
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
@@ -261,9 +261,9 @@ def classify(
         method.set_class_names(names)
         prepared = prepare_support(data, spec, config, invert, note)
         labels = list(query_items)
-    measured = figure_for(str(model), data.modality, min(data.shots), len(names))
+    measured = model_note(str(model), data.modality, min(data.shots), len(names), overrides)
     if measured is not None:
-        note(f"model: {measured.reason}{measured_as(overrides)}")
+        note(measured[1])
     predictor = adapt(method, prepared.x, prepared.y, len(names))
     with torch.no_grad():
         probs = torch.softmax(predictor(to_device(query_items, method.device)).float(), dim=-1).cpu()

@@ -171,9 +171,15 @@ def measured_way(way: int) -> int:
     return next((w for w in IMAGE_WAYS if w >= way), IMAGE_WAYS[-1])
 
 
+def zoo_cell(name: str) -> tuple[int, int]:
+    """The number of classes and shots a zoo checkpoint was meta-trained on: ``omniglot_20w1s_protonet`` → (20, 1)."""
+    way, shots = name.split("_")[1].removesuffix("s").split("w")
+    return int(way), int(shots)
+
+
 def zoo_way(name: str) -> int:
     """The number of classes a zoo checkpoint was meta-trained on: ``omniglot_20w1s_protonet`` → 20."""
-    return int(name.split("_")[1].split("w")[0])
+    return zoo_cell(name)[0]
 
 
 def _choose_images(shots: int, way: int, method: str | None) -> Choice:
@@ -193,9 +199,13 @@ def _choose_images(shots: int, way: int, method: str | None) -> Choice:
                                f"{'s' if cell > 1 else ''} with {way} classes; there are {', '.join(models)} "
                                f"(or give a checkpoint with --model)")
     # a model with a fixed output layer that cannot build another takes only the classes it was trained on
-    methods = {name: registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder() for name in keys}
-    keys = {name: key for name, key in keys.items()
-            if way == zoo_way(name) or methods[name].builds_head or not methods[name].needs_head}
+    def takes(name: str) -> bool:
+        if way == zoo_way(name):
+            return True
+        method = registry.METHODS[ZOO_METHODS.get(zoo_model(name), zoo_model(name))].builder()
+        return method.builds_head or not method.needs_head
+
+    keys = {name: key for name, key in keys.items() if takes(name)}
     if not keys:
         raise FewShotError(f"no zoo image model{f' for method {method!r}' if method else ''} takes {way} classes")
     best = max(keys, key=lambda name: IMAGE_FIGURES[keys[name]].accuracy)
@@ -241,6 +251,14 @@ def _choose_text(shots: int, method: str | None) -> Choice:
 def measured_as(overrides: Sequence[str]) -> str:
     """What a cited figure adds when the user changes the model's config: it was measured without those changes."""
     return f" (measured with the model's own settings, not with --set {' '.join(overrides)})" if overrides else ""
+
+
+def model_note(model: str, modality: str, shots: int, way: int,
+               overrides: Sequence[str] = ()) -> tuple[Choice, str] | None:
+    """:func:`figure_for`, and the line ``fit`` and ``classify`` print for it (``model: <figure>``, plus
+    :func:`measured_as`); ``None`` when our tables have no figure for ``model``."""
+    choice = figure_for(model, modality, shots, way)
+    return None if choice is None else (choice, f"model: {choice.reason}{measured_as(overrides)}")
 
 
 def figure_for(model: str, modality: str, shots: int, way: int) -> Choice | None:
