@@ -82,6 +82,12 @@ class Conv4(nn.Module):
         """The task-batched passes apply with per-task batch statistics only (not with running statistics)."""
         return not self.running_stats and not self.step_statistics
 
+    @property
+    def embeds_alone(self) -> bool:
+        """In eval mode, each input's output is independent of its batch: running statistics, not per-step ones
+        (which evaluation never normalises with)."""
+        return self.running_stats and not self.step_statistics
+
     def per_step_norm(self, copies: int, weights: bool, statistics: bool) -> None:
         """Keep ``copies`` copies of every batch norm's scale and shift (``weights``) and/or running statistics
         (``statistics``), one per inner step; each copy starts as the current values (statistics: mean 0, var 1)."""

@@ -1,0 +1,60 @@
+"""ProtoNet's evaluation embeds each distinct image once, and scores as task by task; where an input's embedding
+depends on its batch (batch statistics), or in training, every task runs the backbone on its own inputs."""
+
+from pathlib import Path
+
+import torch
+
+from fewshot.classify import load_model
+from fewshot.data.tasks import TaskSampler
+from fewshot.methods.base import Method
+from fewshot.methods.protonet import ProtoNet
+from fewshot.models.conv4 import Conv4
+
+ZOO = Path(__file__).resolve().parents[2] / "zoo"
+
+
+def _counting(model: torch.nn.Module) -> list[int]:
+    """The batch sizes the model runs on, from now on."""
+    sizes: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: sizes.append(inputs[0].shape[0]))
+    return sizes
+
+
+def test_evaluation_embeds_each_distinct_image_once(omniglot_test, one_thread):
+    method, _ = load_model(ZOO / "omniglot_20w1s_protonet.safetensors", 20)
+    method.eval()
+    episode = TaskSampler(omniglot_test, way=20, shot=1, query=5, seed=0).sample(3)
+    by_task = Method.predict(method, episode)  # the backbone over each task's support, then its queries
+    sizes = _counting(method.model)
+    logits = method.predict(episode)
+    inputs = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
+    assert sum(sizes) == len(torch.unique(inputs, dim=0)) > 0
+    torch.testing.assert_close(logits, by_task, rtol=1e-4, atol=1e-3)
+    assert torch.equal(logits.argmax(-1), by_task.argmax(-1))
+    assert (logits.argmax(-1) == episode.query_y).float().mean() > 0.8
+
+    sizes.clear()  # the same tasks again: nothing left to embed
+    torch.testing.assert_close(method.predict(episode), logits, rtol=0, atol=0)
+    assert sizes == []
+
+    with torch.no_grad():  # other weights: embedded anew, not read from the cache of the old ones
+        method.model.convs[0].bias.add_(0.5)
+    changed = method.predict(episode)
+    assert sum(sizes) == len(torch.unique(inputs, dim=0)) and not torch.equal(changed, logits)
+    torch.testing.assert_close(changed, Method.predict(method, episode), rtol=1e-4, atol=1e-3)
+
+
+def test_batch_statistics_or_training_embed_task_by_task(omniglot_test, one_thread):
+    episode = TaskSampler(omniglot_test, way=5, shot=2, query=3, seed=1).sample(2)
+    torch.manual_seed(0)
+    batch_statistics = ProtoNet(Conv4(None, running_stats=False)).eval()  # an input's embedding depends on its batch
+    sizes = _counting(batch_statistics.model)
+    torch.testing.assert_close(batch_statistics.predict(episode), Method.predict(batch_statistics, episode),
+                               rtol=0, atol=0)
+    assert sizes[:4] == [10, 15, 10, 15]  # each task's support, then its queries
+
+    training = ProtoNet(Conv4(None, running_stats=True)).train()
+    sizes = _counting(training.model)
+    training.predict(episode)
+    assert sizes == [10, 15, 10, 15]
