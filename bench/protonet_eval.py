@@ -3,9 +3,9 @@
 Both score the same fixed test episodes of a zoo checkpoint (its recipe's way, shot, queries and seed, in chunks of
 50 tasks, as ``fewshot eval`` scores them): ``ProtoNet.predict`` (the embedding cache of the weights, built anew for
 each measurement, as one ``fewshot eval`` builds it) and ``Method.predict`` (each task's support set, then its
-queries, through the backbone: how ProtoNet scored before). The rounds alternate which goes first. Each row gives
-the seconds of scoring (not loading) per way, the speed-up, both accuracies and how many queries the two answer
-differently (0: the same answers).
+queries, through the backbone: how ProtoNet scored before). The tasks are drawn (their images gathered) first; the
+seconds are those of ``predict`` alone. The rounds alternate which goes first. Each row gives the seconds per way,
+the speed-up, both accuracies and how many queries the two answer differently (0: the same answers).
 
 Usage:
   FEWSHOT_DATA=../shared/data python bench/protonet_eval.py [--episodes 600] [--rounds 2] [--threads 2]
@@ -26,17 +26,15 @@ CHECKPOINTS = ("omniglot_5w1s_protonet", "omniglot_20w1s_protonet", "omniglot_20
 CHUNK = 50
 
 
-def score(method, sampler, episodes: int, by_task: bool) -> tuple[float, torch.Tensor]:
-    """Seconds to score ``episodes`` tasks in chunks, and every query's predicted label."""
-    from fewshot.data.tasks import episode_range
+def score(method, episodes: list, by_task: bool) -> tuple[float, torch.Tensor]:
+    """Seconds to score the chunks of tasks ``episodes`` (drawn beforehand), and every query's predicted label."""
     from fewshot.methods.base import Method
 
     method.forget_caches()
     predict = (lambda e: Method.predict(method, e)) if by_task else method.predict
     answers = []
     start = time.perf_counter()
-    for first in range(0, episodes, CHUNK):
-        episode = episode_range(sampler, first, min(CHUNK, episodes - first))
+    for episode in episodes:
         answers.append(predict(episode).argmax(-1))
     seconds = time.perf_counter() - start
     method.end_evaluation()
@@ -53,14 +51,14 @@ def measure(name: str, episodes: int, rounds: int, root: str | None) -> dict:
     e = config.eval
     dataset = build_experiment(config, root).dataset(e.split)
     sampler = TaskSampler(dataset, e.way, e.shot, e.query, seed=e.seed)
-    labels = torch.cat([episode_range(sampler, first, min(CHUNK, episodes - first)).query_y
-                        for first in range(0, episodes, CHUNK)])
+    chunks = [episode_range(sampler, first, min(CHUNK, episodes - first)) for first in range(0, episodes, CHUNK)]
+    labels = torch.cat([chunk.query_y for chunk in chunks])
     times: dict[str, list[float]] = {"once": [], "by_task": []}
     answers: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for r in range(rounds):
             for way in (("once", "by_task") if r % 2 == 0 else ("by_task", "once")):
-                seconds, answers[way] = score(method, sampler, episodes, way == "by_task")
+                seconds, answers[way] = score(method, chunks, way == "by_task")
                 times[way].append(round(seconds, 2))
     once, by_task = min(times["once"]), min(times["by_task"])
     return {"checkpoint": f"zoo/{name}.safetensors", "way": e.way, "shot": e.shot, "query": e.query,

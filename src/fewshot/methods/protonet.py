@@ -1,9 +1,10 @@
 """Prototypical networks (Snell et al. 2017): logits are negative squared distances to class means.
 
-Evaluating on fixed episodes, each distinct input of a chunk of tasks is embedded once (an in-memory
+Evaluating on fixed episodes, each distinct input is embedded once per evaluation (an in-memory
 :class:`~fewshot.models.embedding_cache.EmbeddingCache` under a fingerprint of the weights, dropped when the evaluation
-ends), when the backbone embeds each input alone in eval mode (:func:`~fewshot.models.base.embeds_alone`: batch norm
-with running statistics); otherwise, and in training, every task runs the backbone on its own inputs.
+ends), when the backbone says it embeds each input alone in eval mode (:func:`~fewshot.models.base.embeds_alone`:
+batch norm with running statistics, or none); otherwise, and in training, every task runs the backbone on its own
+inputs.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class ProtoNet(Method):
     def predict(self, episode: Episode) -> torch.Tensor:
         """Logits ``[tasks, N*Q, N]``; each distinct input of the episode's tasks embedded once (through the cache of
         these weights) where the backbone embeds each input alone, else task by task."""
-        if self.model.training or not embeds_alone(self.model) or not isinstance(episode.support_x, torch.Tensor):
+        if not self._embeds_once(episode):
             return super().predict(episode)
         tasks, ns, nq = episode.num_tasks, episode.support_y.shape[1], episode.query_y.shape[1]
         inputs = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
@@ -81,11 +82,18 @@ class ProtoNet(Method):
         support, query = z[: tasks * ns].view(tasks, ns, -1), z[tasks * ns :].view(tasks, nq, -1)
         return squared_distance_logits(query, prototypes(support, episode.support_y, episode.way))
 
+    def _embeds_once(self, episode: Episode) -> bool:
+        """Whether :meth:`predict` may embed each distinct input once and answer as task by task: in eval mode, a
+        backbone that embeds each input alone, tensor inputs, float32 weights and no autocast (the cache keeps float32
+        embeddings), and this class's own prototypes (a subclass that adapts otherwise scores task by task)."""
+        weights = next(self.model.parameters(), None)
+        return (not self.model.training and embeds_alone(self.model) and isinstance(episode.support_x, torch.Tensor)
+                and (weights is None or weights.dtype == torch.float32)
+                and not torch.is_autocast_enabled(self.device.type) and type(self).adapt is ProtoNet.adapt)
+
     def _embeddings(self) -> EmbeddingCache:
-        """The cache of the current weights (and autocast setting); a new one, dropping the old, when they changed."""
-        kind = self.device.type
-        autocast = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else "off"
-        key = f"{fingerprint(self.model)}:{autocast}"
+        """The cache of the current weights; a new one, dropping the old, when they changed."""
+        key = fingerprint(self.model)
         if self._cache is None or self._cache.key != key:
             self._cache = EmbeddingCache(key)
         return self._cache

@@ -20,9 +20,9 @@ contract                  who relies on it                            what it is
 ``export_tokenizer()``    ONNX export of a text classifier            a standalone ``tokenizers.Tokenizer``; the
                           (:mod:`fewshot.onnx_export`)                model then also takes
                                                                       :class:`~fewshot.data.inputs.Tokens`
-``embeds_alone``          ProtoNet's evaluation (embeds each          optional: whether, in eval mode, each input's
-                          distinct image once), :func:`embeds_alone`  output is independent of its batch (default:
-                                                                      every batch norm has running statistics)
+``embeds_alone``          ProtoNet's evaluation (embeds each          optional: ``True`` when, in eval mode, each
+                          distinct image once), :func:`embeds_alone`  input's output is independent of its batch
+                                                                      (a model that does not say: ``False``)
 ========================  ==========================================  ===========================================
 
 A registered model is built by ``build(options, out_features)`` (see :mod:`fewshot.registry`): ``out_features`` is
@@ -156,13 +156,10 @@ def batches_tasks(model: nn.Module) -> bool:
 
 def embeds_alone(model: nn.Module) -> bool:
     """Whether ``model``, in eval mode, maps each input independently of the rest of its batch, so that an input's
-    embedding can be computed once and reused: the model's own ``embeds_alone`` if it has one, else whether every
-    batch norm in it normalises with running statistics (one without them uses the batch's own statistics)."""
-    own = getattr(model, "embeds_alone", None)
-    if isinstance(own, bool):
-        return own
-    return all(norm.track_running_stats and norm.running_mean is not None
-               for norm in model.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm))
+    embedding can be computed once and reused: what the model says (``embeds_alone``; running batch-norm statistics,
+    or none); ``False`` for a model that does not say (batch statistics, or anything else mixing a batch, may be
+    inside)."""
+    return getattr(model, "embeds_alone", False) is True
 
 
 QUERY_BATCH_EXAMPLES = 1024

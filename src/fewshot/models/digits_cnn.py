@@ -14,6 +14,9 @@ from fewshot.errors import FewShotError
 class DigitsCNN(nn.Module):
     """The paper's MNIST feature extractor (conv 5x5x32, max-pool, conv 5x5x48, max-pool), for 16x16 or 28x28."""
 
+    embeds_alone = True
+    """No batch norm: each input's output is independent of its batch."""
+
     def __init__(self, image_size: int = 16, in_channels: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 32, 5, padding=2)

@@ -89,6 +89,9 @@ class EfficientNetFeatures(nn.Module):
     """EfficientNet-Lite0 as a backbone: images in [0, 1] -> ``[B, 1280]`` features; stages exposed as ``blocks``."""
 
     feature_dim = FEATURE_DIM
+    embeds_alone = True
+    """Batch norm with the pretrained running statistics in eval mode: each input's output is independent of its
+    batch."""
 
     def __init__(self, image_size: int = 224, pretrained: bool = True, invert: bool = False) -> None:
         super().__init__()

@@ -100,6 +100,11 @@ class MLP(nn.Module):
                 h = F.dropout(h, self.dropout, training=self.training)
         return h
 
+    @property
+    def embeds_alone(self) -> bool:
+        """In eval mode, each input's output is independent of its batch: no batch norm, or running statistics."""
+        return not self.use_batch_norm or self.running_stats
+
     def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         return self.forward_blocks(x, params=params)
 
