@@ -5,7 +5,9 @@ Both score the same fixed test episodes of a zoo checkpoint (its recipe's way, s
 each measurement, as one ``fewshot eval`` builds it) and ``Method.predict`` (each task's support set, then its
 queries, through the backbone: how ProtoNet scored before). The tasks are drawn (their images gathered) first; the
 seconds are those of ``predict`` alone. The rounds alternate which goes first. Each row gives the seconds per way,
-the speed-up, both accuracies and how many queries the two answer differently (0: the same answers).
+the speed-up, both accuracies, how many queries the two answer differently (0: the same answers), and in how many
+episodes the embed-once path's correct count differs from the committed one (``results/omniglot_episodes.json``,
+scored task by task before; ``null`` when fewer episodes are scored).
 
 Usage:
   FEWSHOT_DATA=../shared/data python bench/protonet_eval.py [--episodes 600] [--rounds 2] [--threads 2]
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINTS = ("omniglot_5w1s_protonet", "omniglot_20w1s_protonet", "omniglot_20w5s_protonet")
+CHECKPOINTS = ("omniglot_5w1s_protonet", "omniglot_5w5s_protonet", "omniglot_20w1s_protonet",
+               "omniglot_20w1s_protonet_trainval", "omniglot_20w5s_protonet")
 CHUNK = 50
 
 
@@ -61,12 +64,18 @@ def measure(name: str, episodes: int, rounds: int, root: str | None) -> dict:
                 seconds, answers[way] = score(method, chunks, way == "by_task")
                 times[way].append(round(seconds, 2))
     once, by_task = min(times["once"]), min(times["by_task"])
+    committed = json.loads((REPO / "results" / "omniglot_episodes.json").read_text()).get(name)
+    differing = None  # episodes whose correct count differs from the committed per-episode results of fewshot eval
+    if committed is not None and len(committed["correct"]) == episodes:
+        correct = (answers["once"] == labels).view(episodes, -1).sum(-1).tolist()
+        differing = sum(a != b for a, b in zip(correct, committed["correct"], strict=True))
     return {"checkpoint": f"zoo/{name}.safetensors", "way": e.way, "shot": e.shot, "query": e.query,
             "episodes": episodes, "seconds_once": times["once"], "seconds_by_task": times["by_task"],
             "speedup": round(by_task / once, 2),
             "accuracy_once": round((answers["once"] == labels).float().mean().item(), 6),
             "accuracy_by_task": round((answers["by_task"] == labels).float().mean().item(), 6),
-            "answers_differing": int((answers["once"] != answers["by_task"]).sum())}
+            "answers_differing": int((answers["once"] != answers["by_task"]).sum()),
+            "episodes_differing_from_committed": differing}
 
 
 def main() -> None:
