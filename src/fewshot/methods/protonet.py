@@ -9,6 +9,7 @@ inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,12 +54,15 @@ class ProtoNet(Method):
         self.config = config or ProtoNetConfig()
         self._cache: EmbeddingCache | None = None
 
-    def training_gradient(self, episode: Episode) -> dict[str, float]:
+    def _logits(self, episode: Episode, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Logits ``[tasks, N*Q, N]`` of every task, ``embed`` run once over all tasks' support and query inputs."""
         tasks, ns, nq = episode.num_tasks, episode.support_y.shape[1], episode.query_y.shape[1]
-        x = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
-        z = self.model(x)
+        z = embed(torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)]))
         support, query = z[: tasks * ns].view(tasks, ns, -1), z[tasks * ns :].view(tasks, nq, -1)
-        logits = squared_distance_logits(query, prototypes(support, episode.support_y, episode.way))
+        return squared_distance_logits(query, prototypes(support, episode.support_y, episode.way))
+
+    def training_gradient(self, episode: Episode) -> dict[str, float]:
+        logits = self._logits(episode, self.model)
         loss = F.cross_entropy(logits.flatten(0, 1), episode.query_y.flatten())
         loss.backward()
         return {"loss": loss.item(), "accuracy": accuracy(logits, episode.query_y)}
@@ -75,12 +79,9 @@ class ProtoNet(Method):
         these weights) where the backbone embeds each input alone, else task by task."""
         if not self._embeds_once(episode):
             return super().predict(episode)
-        tasks, ns, nq = episode.num_tasks, episode.support_y.shape[1], episode.query_y.shape[1]
-        inputs = torch.cat([episode.support_x.flatten(0, 1), episode.query_x.flatten(0, 1)])
+        cache = self._embeddings()
         with torch.no_grad():
-            z = self._embeddings().lookup(self.model, inputs, EMBED_BATCH).to(self.device)
-        support, query = z[: tasks * ns].view(tasks, ns, -1), z[tasks * ns :].view(tasks, nq, -1)
-        return squared_distance_logits(query, prototypes(support, episode.support_y, episode.way))
+            return self._logits(episode, lambda x: cache.lookup(self.model, x, EMBED_BATCH).to(self.device))
 
     def _embeds_once(self, episode: Episode) -> bool:
         """Whether :meth:`predict` may embed each distinct input once and answer as task by task: in eval mode, a
