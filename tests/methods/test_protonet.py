@@ -87,3 +87,29 @@ def test_a_subclass_that_adapts_otherwise_or_autocast_scores_task_by_task(omnigl
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain.predict(episode)
     assert sizes == [5, 15, 5, 15]
+
+
+def test_an_evaluation_stopped_midway_drops_the_embeddings(omniglot_test, one_thread):
+    """``evaluate`` ends the method's evaluation also when it is stopped (Ctrl-C, an error): the cache of the
+    images embedded so far is not kept past it."""
+    from fewshot.engine.evaluate import evaluate
+
+    method, _ = load_model(ZOO / "omniglot_5w1s_protonet.safetensors", 5)
+    calls = []
+    real_predict = method.predict
+
+    def stopped_at_the_second_chunk(episode):
+        calls.append(len(episode.support_x))
+        if len(calls) == 2:
+            assert method._cache is not None and len(method._cache.index) > 0  # the first chunk was embedded
+            raise KeyboardInterrupt
+        return real_predict(episode)
+
+    method.predict = stopped_at_the_second_chunk
+    try:
+        evaluate(method, omniglot_test, way=5, shot=1, query=2, episodes=20, save_every=1e9)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the evaluation was not stopped")
+    assert calls[0] == 1 and method._cache is None

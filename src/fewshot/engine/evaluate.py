@@ -156,9 +156,9 @@ def evaluate(
                 if bar is not None:
                     bar.update(count)
                 size = max(1, min(chunk, int(save_every / max(per_task, 1e-6))))
-            method.end_evaluation()
     finally:
         if bar is not None:
             bar.close()
+        method.end_evaluation()  # also when stopped: a method drops (or persists) what it cached for it
     mean, ci = mean_ci95(scores)
     return EvalResult(mean, ci, len(scores), way, shot, query, scores)

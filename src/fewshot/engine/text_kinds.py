@@ -70,20 +70,22 @@ class AllClassesExperiment:
         evaluation = self.dataset(split)
         texts, labels = evaluation.flat()
         scores = []
-        with evaluating(self.method):
-            for draw in range(draws):
-                train = self.dataset("train", base + draw)
-                if list(train.class_names) != list(evaluation.class_names):
-                    raise FewShotError(f"the train and {split} splits have different classes")
-                support_x, support_y = train.flat()
-                self.method.set_class_names(train.class_names)
-                predictor = self.method.adapt(support_x, support_y, len(train.class_names))
-                with torch.no_grad():
-                    logits = torch.cat([predictor(texts[i : i + 512]) for i in range(0, len(texts), 512)])
-                scores.append(float((logits.argmax(-1).cpu() == labels).float().mean()))
-                if progress:
-                    print(f"draw {draw}: {100 * scores[-1]:.2f}%", flush=True)
-            self.method.end_evaluation()
+        try:
+            with evaluating(self.method):
+                for draw in range(draws):
+                    train = self.dataset("train", base + draw)
+                    if list(train.class_names) != list(evaluation.class_names):
+                        raise FewShotError(f"the train and {split} splits have different classes")
+                    support_x, support_y = train.flat()
+                    self.method.set_class_names(train.class_names)
+                    predictor = self.method.adapt(support_x, support_y, len(train.class_names))
+                    with torch.no_grad():
+                        logits = torch.cat([predictor(texts[i : i + 512]) for i in range(0, len(texts), 512)])
+                    scores.append(float((logits.argmax(-1).cpu() == labels).float().mean()))
+                    if progress:
+                        print(f"draw {draw}: {100 * scores[-1]:.2f}%", flush=True)
+        finally:
+            self.method.end_evaluation()  # also when stopped: persist what was embedded so far
         mean, ci = mean_ci95(scores)
         return EvalResult(mean, ci, len(scores), len(evaluation.class_names),
                           getattr(self.options, "shot", 0), len(texts), scores)
