@@ -344,6 +344,8 @@ def _edit_config(change):
 
 BROKEN = {
     "malformed config.json": (lambda d: (d / "config.json").write_text("{not json"), r"config.json is malformed"),
+    "config.json nested too deeply": (lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+                                      r"config.json is malformed"),
     "missing weights": (lambda d: (d / "model.safetensors").unlink(), r"model.safetensors is missing"),
     "wrong format version": (_edit_config(lambda c: c.update(format="fewshot-classifier-v9")),
                              r"format 'fewshot-classifier-v9', which this fewshot does not read"),

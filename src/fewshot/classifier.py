@@ -183,7 +183,7 @@ def is_classifier(directory: Path) -> bool:
     """Whether ``directory`` holds a saved classifier (its ``config.json`` names a classifier format)."""
     try:
         config = json.loads((Path(directory) / CONFIG).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(config, dict) and str(config.get("format", "")).startswith("fewshot-classifier-")
 
@@ -265,7 +265,7 @@ def read_config(directory: Path) -> dict[str, Any]:
         raise FewShotError(f"{directory} is not a fewshot classifier: it has no {CONFIG}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FewShotError(f"{path} is malformed (not JSON: {exc}); write the classifier again with fewshot fit"
                            ) from exc
     if not isinstance(config, dict):

@@ -233,6 +233,12 @@ def _jsonl_broken(folder):
     return "\n".join(lines) + "\n"
 
 
+def _jsonl_too_deep(folder):
+    lines = [json.dumps({"text": t, "label": i}) for t, i in _support_rows()]
+    lines[1] = '{"text": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 0}'  # valid JSON, past Python's recursion
+    return "\n".join(lines) + "\n"
+
+
 def _queries_csv(content: bytes | None):
     def setup(folder, data):
         (folder / "mine.csv").write_text(_csv_text(_support_rows()))
@@ -272,6 +278,8 @@ TEXT_CASES = [
          match=r"header is one column, 'text\\tlabel': is the file tab-separated\? name it \.tsv"),
     Case("jsonl: support", "csv", _classify_text(_jsonl, "mine.jsonl"), expect="ok", check=_text_correct(EXPECTED)),
     Case("jsonl: a broken line", "csv", _classify_text(_jsonl_broken, "mine.jsonl"), match=r"line 3 is not JSON"),
+    Case("jsonl: a line nested too deeply", "csv", _classify_text(_jsonl_too_deep, "mine.jsonl"),
+         match=r"line 2 is JSON nested too deeply"),
     Case("classify: an empty sentence query", "classify",
          _classify_text(lambda f: _csv_text(_support_rows()), queries=["book me a flight to Rome", " ", "rain?"]),
          match=r"query 2 of 3 is empty"),

@@ -163,6 +163,9 @@ def _pairs_from_jsonl(path: Path, text_column: str, label_column: str) -> list[t
         except json.JSONDecodeError as exc:
             raise FewShotError(f"{path}: line {number} is not JSON ({exc.msg}, column {exc.colno}); a .jsonl file "
                                "holds one JSON object per line") from exc
+        except RecursionError as exc:
+            raise FewShotError(f"{path}: line {number} is JSON nested too deeply to read; a .jsonl file holds one "
+                               "flat JSON object per line") from exc
         if not isinstance(item, dict):
             raise FewShotError(f"{path}: line {number} is a JSON {type(item).__name__}, not an object with keys "
                                f"{text_column!r} and {label_column!r}")

@@ -84,7 +84,7 @@ def read_metrics(run_dir: Path, warn: bool = False) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             row = None
         if isinstance(row, dict) and type(row.get("iteration")) is int and isinstance(row.get("phase"), str):
             rows.append(row)
