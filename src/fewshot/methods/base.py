@@ -24,8 +24,9 @@ A method is an ``nn.Module`` built as ``cls(model, options)`` (see :mod:`fewshot
   episodic kinds check it before training.
 * hooks with no-op defaults: :meth:`set_class_names` (the class names of the data set whose tasks come next, for
   methods that read label words), :meth:`set_training_classes` (ordinary classification over all training classes
-  is about to start), :meth:`end_evaluation` (an evaluation finished: persist caches), :meth:`forget_caches` (the
-  next evaluation must not reuse anything cached by earlier ones: ``fewshot eval --fresh``).
+  is about to start), :meth:`end_evaluation` (an evaluation finished or was stopped: persist or drop caches),
+  :meth:`forget_caches` (the next evaluation must not reuse anything cached by earlier ones: ``fewshot eval
+  --fresh``).
 
 Methods know nothing about files, logging or the command line.
 """
@@ -176,7 +177,7 @@ class Method(nn.Module, ABC):
         """Ordinary classification over ``num_classes`` training classes is about to start (``LabelledBatch``)."""
 
     def end_evaluation(self) -> None:
-        """An evaluation has finished (persist whatever a method caches across tasks)."""
+        """An evaluation has finished, or was stopped midway (persist or drop whatever a method cached across tasks)."""
 
     def forget_caches(self) -> None:
         """Compute everything anew from now on: ignore what earlier evaluations cached (in memory or on disk)."""
