@@ -47,7 +47,7 @@ from fewshot.defaults import Choice, choose, measured_as, model_note
 from fewshot.engine.experiment import build_method, method_class
 from fewshot.engine.scoring import load_weights
 from fewshot.errors import FewShotError
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, read_json
 from fewshot.methods.base import Adapted, Method
 
 FORMAT = "fewshot-classifier-v1"
@@ -182,8 +182,8 @@ def check_writable(directory: Path) -> None:
 def is_classifier(directory: Path) -> bool:
     """Whether ``directory`` holds a saved classifier (its ``config.json`` names a classifier format)."""
     try:
-        config = json.loads((Path(directory) / CONFIG).read_text())
-    except (OSError, ValueError, RecursionError):
+        config = read_json(Path(directory) / CONFIG)
+    except JSONReadError:
         return False
     return isinstance(config, dict) and str(config.get("format", "")).startswith("fewshot-classifier-")
 
@@ -264,10 +264,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FewShotError(f"{directory} is not a fewshot classifier: it has no {CONFIG}")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise FewShotError(f"{path} is malformed (not JSON: {exc}); write the classifier again with fewshot fit"
-                           ) from exc
+        config = read_json(path)
+    except JSONReadError as exc:
+        raise FewShotError(f"{path} is malformed ({exc}); write the classifier again with fewshot fit") from exc
     if not isinstance(config, dict):
         raise FewShotError(f"{path} is malformed: a JSON {type(config).__name__}, not an object")
     found = config.get("format")

@@ -1,12 +1,39 @@
 """Files the library writes: atomically (a crash leaves the old file or the new one, never half of one), and the
-user cache folder they go to."""
+user cache folder they go to; and the JSON files it reads back, each failure one short reason."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+
+class JSONReadError(ValueError):
+    """A file or text that cannot be read as JSON; the message is the reason in a few words, for the caller to put
+    after the name of what it was reading."""
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads(text)``; every failure (malformed, or nested too deeply to parse) a :class:`JSONReadError`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JSONReadError(f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise JSONReadError("JSON nested too deeply to read") from exc
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in the UTF-8 file ``path``; a :class:`JSONReadError` if it cannot be read, decoded or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise JSONReadError(f"cannot read it ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise JSONReadError(f"not UTF-8 (byte {exc.start})") from exc
+    return parse_json(text)
 
 
 def cache_dir() -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from fewshot.data.guards import read_text
 from fewshot.data.text import TextClassDataset
 from fewshot.errors import FewShotError
+from fewshot.io import JSONReadError, parse_json
 
 SUFFIXES = (".csv", ".tsv", ".jsonl")
 """The text files this module reads (anything else is read as CSV)."""
@@ -159,13 +159,10 @@ def _pairs_from_jsonl(path: Path, text_column: str, label_column: str) -> list[t
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FewShotError(f"{path}: line {number} is not JSON ({exc.msg}, column {exc.colno}); a .jsonl file "
-                               "holds one JSON object per line") from exc
-        except RecursionError as exc:
-            raise FewShotError(f"{path}: line {number} is JSON nested too deeply to read; a .jsonl file holds one "
-                               "flat JSON object per line") from exc
+            item = parse_json(line)
+        except JSONReadError as exc:
+            raise FewShotError(f"{path}: line {number} is {exc}; a .jsonl file holds one JSON object per line"
+                               ) from exc
         if not isinstance(item, dict):
             raise FewShotError(f"{path}: line {number} is a JSON {type(item).__name__}, not an object with keys "
                                f"{text_column!r} and {label_column!r}")

@@ -20,7 +20,7 @@ from safetensors.torch import load, save
 
 from fewshot.data.base import ImageInput
 from fewshot.errors import FewShotError
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, parse_json
 
 FORMAT = "fewshot-checkpoint-v1"
 
@@ -151,9 +151,9 @@ def _metadata(path: Path, text: str | None) -> dict[str, Any]:
     if text is None:
         raise FewShotError(f"{path} is a safetensors file without fewshot metadata: not a fewshot checkpoint")
     try:
-        meta = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise FewShotError(f"{path} has damaged fewshot metadata (not JSON): {exc}") from exc
+        meta = parse_json(text)
+    except JSONReadError as exc:
+        raise FewShotError(f"{path} has damaged fewshot metadata ({exc})") from exc
     if not isinstance(meta, dict):
         raise FewShotError(f"{path} has damaged fewshot metadata: a JSON {type(meta).__name__}, not an object")
     found = meta.get("format")

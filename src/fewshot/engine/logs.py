@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fewshot.engine.run_folder import writing
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, parse_json
 
 FIELDS = ["iteration", "phase", "loss", "accuracy", "ci95", "lr", "seconds"]
 
@@ -83,8 +83,8 @@ def read_metrics(run_dir: Path, warn: bool = False) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
+            row = parse_json(line)
+        except JSONReadError:
             row = None
         if isinstance(row, dict) and type(row.get("iteration")) is int and isinstance(row.get("phase"), str):
             rows.append(row)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fewshot.errors import FewShotError
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, read_json
 
 FORMAT = "fewshot-eval-predictions-v1"
 FOLDER = "predictions"
@@ -94,8 +94,8 @@ def read_predictions(record_path: Path, identity: dict[str, Any], scores: list[f
     there are none that belong to it."""
     path = predictions_path(record_path)
     try:
-        return check_predictions(json.loads(path.read_text(encoding="utf-8")), identity, scores)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError, FewShotError):
+        return check_predictions(read_json(path), identity, scores)
+    except (JSONReadError, FewShotError):
         return None
 
 

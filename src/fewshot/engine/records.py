@@ -34,7 +34,7 @@ import torch
 from fewshot.config import RunConfig, load_raw
 from fewshot.errors import FewShotError
 from fewshot.hashing import dataset_fingerprint, weights_sha256
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, read_json
 
 RECORD_FOLDER = "eval"
 FORMAT = "fewshot-eval-record-v2"
@@ -148,9 +148,9 @@ def check_record(saved: Any) -> tuple[dict[str, Any], list[float]]:
 def read_record(path: Path) -> tuple[dict[str, Any], list[float]]:
     """A record file's identity and scores; a clear error if it is not a valid record."""
     try:
-        saved = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise FewShotError(f"{path} is not a valid evaluation record: cannot read it as JSON ({exc})") from exc
+        saved = read_json(path)
+    except JSONReadError as exc:
+        raise FewShotError(f"{path} is not a valid evaluation record: {exc}") from exc
     try:
         return check_record(saved)
     except FewShotError as exc:

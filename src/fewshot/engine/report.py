@@ -21,7 +21,7 @@ from fewshot.engine.logs import read_metrics, segments
 from fewshot.engine.predictions import confusion_counts, read_predictions
 from fewshot.engine.records import read_record, run_record_files, run_settings
 from fewshot.errors import FewShotError
-from fewshot.io import atomic_write
+from fewshot.io import JSONReadError, atomic_write, read_json
 
 REPORT_NAME = "report.html"
 MARKER = "<!-- fewshot-report: written by `fewshot report`; safe to overwrite -->"
@@ -250,9 +250,7 @@ def _without_predictions(evaluation: dict[str, Any] | None) -> dict[str, Any] | 
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return read_json(path)
+    except JSONReadError:
         return None
