@@ -321,6 +321,21 @@ def test_head_init_is_checked_and_in_the_record_identity():
     assert len(hashes) == 3
 
 
+@pytest.mark.parametrize("init", ["rows", "zeros", "prototypes"])
+@pytest.mark.parametrize(("cls", "config"), [(MAML, MAMLConfig), (ANIL, ANILConfig), (Reptile, ReptileConfig)])
+def test_support_labels_outside_the_built_head_are_one_clear_error(cls, config, init, omniglot_test):
+    """Every head a task builds has ``way`` rows; a support label outside ``0..way-1`` (a direct API call: episodes
+    and ``fewshot fit`` number classes themselves) is named, not an index error from inside the loss."""
+    ep = episode(omniglot_test, 5, 1, tasks=1)
+    sx, sy = ep.support_x[0], ep.support_y[0]
+    method = cls(Conv4(5), config(head_init=init, test_inner_steps=1)).eval()
+    for labels, bad in ((sy, 4), (sy - 1, -1)):
+        message = rf"a 3-way task has labels 0\.\.2, but its support set has label {bad}$"
+        with pytest.raises(FewShotError, match=message):
+            method.adapt(sx, labels, 3)
+    assert method.adapt(sx[sy < 3], sy[sy < 3], 3)(sx).shape == (5, 3)  # labels that fit: a 3-way head
+
+
 def write_user_folder(data_root, tmp_path, classes=7, shots=1, queries=2):
     """A user's folder of original 105x105 PNGs of test-split characters, one character per alphabet."""
     support, paths = tmp_path / "support", []

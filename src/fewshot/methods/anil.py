@@ -47,8 +47,8 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Adapted, Method, accuracy, backward_query_loss, restored, task_chunks
 from fewshot.methods.heads import (
     OTHER_WAY_INIT,
-    check_every_class,
     check_head_init,
+    check_support_labels,
     prototype_head_params,
     resolve_head_init,
     trainable,
@@ -183,11 +183,11 @@ class ANIL(Method):
         plan = resolve_head_init(self.config.head_init, way, self.model, fewer=OTHER_WAY_INIT)
         if plan == "trained":
             return list(head), False
+        check_support_labels(y, way, every_class=plan == "prototypes")
         if plan == "rows":
             return trainable(trained_rows(head, way)), False
         if plan == "zeros":
             return trainable(zero_head(head, way)), False
-        check_every_class(y, way)
         return trainable(prototype_head_params(support, y, way)), support.dim() == 3
 
     def fast_path(self, episode: Episode | None = None) -> bool:

@@ -281,12 +281,17 @@ def prototype_head_params(features: torch.Tensor, labels: torch.Tensor, way: int
     return [2 * protos, -(protos**2).sum(-1)]
 
 
-def check_every_class(labels: torch.Tensor, way: int) -> None:
-    """A clear error when a class of ``0..way-1`` has no support example (its prototype would be undefined)."""
-    counts = torch.bincount(labels.reshape(-1).cpu(), minlength=way)
+def check_support_labels(labels: torch.Tensor, way: int, every_class: bool) -> None:
+    """A clear error when a support label is outside ``0..way-1`` (the head built for the task has ``way`` rows),
+    or, with ``every_class`` (a head of prototypes), when a class has no support example (its prototype would be
+    undefined)."""
+    flat = labels.reshape(-1).cpu()
+    if len(flat) and int(flat.min()) < 0:
+        raise FewShotError(f"a {way}-way task has labels 0..{way - 1}, but its support set has label {int(flat.min())}")
+    counts = torch.bincount(flat, minlength=way)
     if len(counts) > way:
         raise FewShotError(f"a {way}-way task has labels 0..{way - 1}, but its support set has label {len(counts) - 1}")
-    if (counts == 0).any():
+    if every_class and (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise FewShotError(f"head_init=prototypes needs a support example of each of the {way} classes (labels "
                            f"0..{way - 1}); classes {missing} have none")

@@ -91,8 +91,8 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, accuracy, backward_query_loss, task_chunks
 from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
-    check_every_class,
     check_head_init,
+    check_support_labels,
     extend_rows,
     prototype_head_params,
     resolve_head_init,
@@ -252,6 +252,7 @@ class MAML(Method):
         plan = resolve_head_init(self.config.head_init, way, self.model)
         if plan == "trained":
             return list(params), list(lrs), False
+        check_support_labels(y, way, every_class=plan == "prototypes")
         body = list(params[:-2])
         per_task = False
         if plan == "rows":  # the trained head's first rows, each with its own Meta-SGD rates
@@ -259,7 +260,6 @@ class MAML(Method):
         if plan == "zeros":
             head = zero_head(params[-2:], way)
         else:
-            check_every_class(y, way)
             if batched:
                 feats = self.model.features_tasks(x, [p.expand(x.shape[0], *p.shape) for p in body])
             else:

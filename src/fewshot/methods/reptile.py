@@ -63,8 +63,8 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
-    check_every_class,
     check_head_init,
+    check_support_labels,
     prototype_head_params,
     resolve_head_init,
     rows_identity,
@@ -160,13 +160,13 @@ class Reptile(Method):
         plan = resolve_head_init(self.config.head_init, way, self.model)
         if plan == "trained":
             return None
+        check_support_labels(y, way, every_class=plan == "prototypes")
         params = [p.detach() for p in self.model.meta_parameters()]
         body = params[:-2]
         if plan == "rows":
             return body + trained_rows(params[-2:], way), False
         if plan == "zeros":
             return body + zero_head(params[-2:], way), False
-        check_every_class(y, way)
         with torch.no_grad():
             if batched:
                 feats = self.model.features_tasks(x, [p.expand(x.shape[0], *p.shape) for p in body])
