@@ -185,7 +185,7 @@ def main() -> None:
                 + ([f"--only {' '.join(args.only)}"] if args.only != list(DEFAULT) else [])
                 + ([f"--kinds {' '.join(args.kinds)}"] if args.kinds != list(KINDS) else [])
                 + (["--reuse"] if args.reuse else [])),
-            "cpus": f"{args.jobs} processes, 1 thread each", "machine": machine_name(),
+            "cpus": f"{args.jobs} process{'es' if args.jobs > 1 else ''}, 1 thread each", "machine": machine_name(),
             "cells_scored": len(todo), "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "torch": torch.__version__, "interval": "student_t", "calls": calls(previous) + [call],

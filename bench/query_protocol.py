@@ -205,7 +205,8 @@ def main() -> None:
     machines = sorted({r["machine"] for r in rows})
     call = {"command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}"
                        + (f" --only {' '.join(args.only)}" if args.only else "") + (" --reuse" if args.reuse else ""),
-            "cpus": f"{args.jobs} processes, 1 thread each", "machine": machine_name(), "cells_scored": len(todo),
+            "cpus": f"{args.jobs} process{'es' if args.jobs > 1 else ''}, 1 thread each", "machine": machine_name(),
+            "cells_scored": len(todo),
             "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "torch": torch.__version__, "interval": "student_t", "calls": calls(written) + [call],
