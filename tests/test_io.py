@@ -32,6 +32,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
     (b"{oops", r"^not JSON: Expecting property name enclosed in double quotes at line 1, column 2$"),
     (b"[" * 100_000 + b"]" * 100_000, r"^JSON nested too deeply to read$"),
     (b'{"a": "\xff"}', r"^not UTF-8 \(byte 7\)$"),
+    (b"[" + b"1" * 5000 + b"]", r"^JSON Python cannot read: Exceeds the limit \(4300 digits\)"),
 ])
 def test_every_way_a_file_is_not_json_is_one_reason(tmp_path, content, reason):
     path = tmp_path / "bad.json"

@@ -16,13 +16,16 @@ class JSONReadError(ValueError):
 
 
 def parse_json(text: str) -> Any:
-    """``json.loads(text)``; every failure (malformed, or nested too deeply to parse) a :class:`JSONReadError`."""
+    """``json.loads(text)``; every failure (malformed, nested too deeply, a number Python will not convert) a
+    :class:`JSONReadError`."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise JSONReadError(f"not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
     except RecursionError as exc:
         raise JSONReadError("JSON nested too deeply to read") from exc
+    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
+        raise JSONReadError(f"JSON Python cannot read: {exc}") from exc
 
 
 def read_json(path: Path) -> Any:
