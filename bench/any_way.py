@@ -98,6 +98,11 @@ def calls(previous: dict) -> list[dict]:
     return []
 
 
+def cpus_note(jobs: int) -> str:
+    """How a call's evaluations ran, for its record: ``2 processes, 1 thread each``."""
+    return f"{jobs} process{'es' if jobs > 1 else ''}, 1 thread each"
+
+
 def machine_name() -> str:
     """This machine's CPU as the rows name it: the model name, and the x86 family and model where known."""
     from fewshot.hardware import machine
@@ -185,7 +190,7 @@ def main() -> None:
                 + ([f"--only {' '.join(args.only)}"] if args.only != list(DEFAULT) else [])
                 + ([f"--kinds {' '.join(args.kinds)}"] if args.kinds != list(KINDS) else [])
                 + (["--reuse"] if args.reuse else [])),
-            "cpus": f"{args.jobs} process{'es' if args.jobs > 1 else ''}, 1 thread each", "machine": machine_name(),
+            "cpus": cpus_note(args.jobs), "machine": machine_name(),
             "cells_scored": len(todo), "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "torch": torch.__version__, "interval": "student_t", "calls": calls(previous) + [call],

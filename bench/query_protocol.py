@@ -187,7 +187,7 @@ def main() -> None:
         print(table(json.loads(args.out.read_text())))
         return
     wanted = cells(args.only or zoo_checkpoints(), args.episodes)
-    from bench.any_way import calls, machine_name
+    from bench.any_way import calls, cpus_note, machine_name
 
     written = json.loads(args.out.read_text()) if args.out.exists() else {}
     previous = written.get("results", [])
@@ -205,8 +205,7 @@ def main() -> None:
     machines = sorted({r["machine"] for r in rows})
     call = {"command": f"python bench/query_protocol.py --episodes {args.episodes} --jobs {args.jobs}"
                        + (f" --only {' '.join(args.only)}" if args.only else "") + (" --reuse" if args.reuse else ""),
-            "cpus": f"{args.jobs} process{'es' if args.jobs > 1 else ''}, 1 thread each", "machine": machine_name(),
-            "cells_scored": len(todo),
+            "cpus": cpus_note(args.jobs), "machine": machine_name(), "cells_scored": len(todo),
             "wall_seconds": round(time.perf_counter() - start)}
     out = {"machine": machines[0] if len(machines) == 1 else "per row: " + "; ".join(machines),
            "torch": torch.__version__, "interval": "student_t", "calls": calls(written) + [call],

@@ -48,9 +48,8 @@ from fewshot.methods.base import Adapted, Method, accuracy, backward_query_loss,
 from fewshot.methods.heads import (
     OTHER_WAY_INIT,
     check_head_init,
-    check_support_labels,
     prototype_head_params,
-    resolve_head_init,
+    task_head_plan,
     trainable,
     trained_rows,
     zero_head,
@@ -180,10 +179,9 @@ class ANIL(Method):
                   way: int) -> tuple[list[torch.Tensor], bool]:
         """The head a task of ``way`` classes starts from, per ``head_init``, and whether it is one per task: the
         trained ``head``, zeros, or the prototypes of the support features ``support [(T,) B, D]`` by ``y``."""
-        plan = resolve_head_init(self.config.head_init, way, self.model, fewer=OTHER_WAY_INIT)
+        plan = task_head_plan(self.config.head_init, way, self.model, y, fewer=OTHER_WAY_INIT)
         if plan == "trained":
             return list(head), False
-        check_support_labels(y, way, every_class=plan == "prototypes")
         if plan == "rows":
             return trainable(trained_rows(head, way)), False
         if plan == "zeros":

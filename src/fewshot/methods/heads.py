@@ -239,6 +239,15 @@ def resolve_head_init(option: str, way: int, model: nn.Module, fewer: str = FEWE
     return option
 
 
+def task_head_plan(option: str, way: int, model: nn.Module, labels: torch.Tensor, fewer: str = FEWER_WAY_INIT) -> str:
+    """:func:`resolve_head_init` for a task whose support labels are ``labels``, checked against the head it builds
+    (:func:`check_support_labels`; the trained head as it is needs no check)."""
+    plan = resolve_head_init(option, way, model, fewer)
+    if plan != "trained":
+        check_support_labels(labels, way, every_class=plan == "prototypes")
+    return plan
+
+
 def rows_identity(option: str, way: int, model: nn.Module) -> dict[str, str]:
     """What a method whose ``trained`` means the rows for fewer classes (MAML, Reptile) adds to an evaluation
     record's identity (:meth:`fewshot.methods.base.Method.record_identity`): ``{"head": "rows"}`` when a task of

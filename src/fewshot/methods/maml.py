@@ -92,11 +92,10 @@ from fewshot.methods.base import Method, accuracy, backward_query_loss, task_chu
 from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
     check_head_init,
-    check_support_labels,
     extend_rows,
     prototype_head_params,
-    resolve_head_init,
     rows_identity,
+    task_head_plan,
     trainable,
     trained_rows,
     zero_head,
@@ -249,10 +248,9 @@ class MAML(Method):
         ``head_init`` says (prototypes of the support ``x, y`` under ``params``' body, differentiably), the head's
         Meta-SGD rates extended to ``way`` rows. ``batched``: ``x [T, B, ...]``, and the built head is per task
         (the returned flag). The trained head returns ``params`` and ``lrs`` as they are."""
-        plan = resolve_head_init(self.config.head_init, way, self.model)
+        plan = task_head_plan(self.config.head_init, way, self.model, y)
         if plan == "trained":
             return list(params), list(lrs), False
-        check_support_labels(y, way, every_class=plan == "prototypes")
         body = list(params[:-2])
         per_task = False
         if plan == "rows":  # the trained head's first rows, each with its own Meta-SGD rates

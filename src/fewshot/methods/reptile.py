@@ -64,10 +64,10 @@ from fewshot.methods.base import Method, accuracy
 from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
     check_head_init,
-    check_support_labels,
     prototype_head_params,
     resolve_head_init,
     rows_identity,
+    task_head_plan,
     trained_rows,
     zero_head,
 )
@@ -157,10 +157,9 @@ class Reptile(Method):
         """The weights a task of ``way`` classes starts from when ``head_init`` builds its head (``None``: the
         trained weights as they are), detached, and whether the head is one per task (``batched``: ``x [T, B, ...]``,
         prototypes per task)."""
-        plan = resolve_head_init(self.config.head_init, way, self.model)
+        plan = task_head_plan(self.config.head_init, way, self.model, y)
         if plan == "trained":
             return None
-        check_support_labels(y, way, every_class=plan == "prototypes")
         params = [p.detach() for p in self.model.meta_parameters()]
         body = params[:-2]
         if plan == "rows":
