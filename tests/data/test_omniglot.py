@@ -1,4 +1,5 @@
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -111,3 +112,35 @@ def test_cached_load_is_fast(data_root):
     start = time.perf_counter()
     load_characters(data_root)
     assert time.perf_counter() - start < 2.0
+
+
+
+@pytest.fixture(scope="module")
+def decoded_cache(tmp_path_factory, data_root):
+    """A cache folder holding the decoded characters, built once for the cases that damage a copy of it."""
+    folder = tmp_path_factory.mktemp("omniglot_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FEWSHOT_CACHE", str(folder))
+        images, names = load_characters(data_root)
+    return folder, images, names
+
+
+@pytest.mark.parametrize("damage", ["index_not_json", "index_cut", "array_cut", "array_other_shape"])
+def test_a_damaged_cache_is_rebuilt_not_read(tmp_path, monkeypatch, data_root, decoded_cache, damage):
+    folder, images, names = decoded_cache
+    for file in folder.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    monkeypatch.setenv("FEWSHOT_CACHE", str(tmp_path))
+    (array,) = tmp_path.glob("omniglot_*.npy")
+    index = array.with_suffix(".json")
+    if damage == "index_not_json":
+        index.write_text('["images_background/')
+    elif damage == "index_cut":
+        index.write_text(json.dumps(names[:-1]))
+    elif damage == "array_cut":
+        array.write_bytes(array.read_bytes()[:1000])
+    else:
+        np.save(array, np.zeros((3, 20, 28, 28), np.uint8), allow_pickle=False)
+    again, again_names = load_characters(data_root)
+    assert again_names == names and torch.equal(again, images)
+    assert json.loads(index.read_text()) == names and np.load(array).shape == tuple(images.shape)  # rebuilt on disk

@@ -113,6 +113,22 @@ def test_checksum_mismatch_and_missing_files(tmp_path, text_root):
         ensure_files("snips", tmp_path)
 
 
+
+@pytest.mark.parametrize(("name", "file", "content", "message"), [
+    ("clinc150", "data_full.json", '{"train": [["book a flight", "book_fli', "not JSON"),
+    ("clinc150", "data_full.json", '[["book a flight", "book_flight"]]', "not CLINC150's layout"),
+    ("clinc150", "data_full.json", '{"train": [["book a flight"]]}', "not CLINC150's layout"),
+    ("banking77", "train.csv", "utterance,intent\nhi,card_arrival\n", "no 'text' and 'category' columns"),
+])
+def test_unchecked_files_of_the_wrong_layout_are_named(tmp_path, text_root, name, file, content, message):
+    folder = tmp_path / name
+    shutil.copytree(text_root / name, folder)
+    (folder / file).chmod(0o644)
+    (folder / file).write_text(content)
+    with pytest.raises(FewShotError, match=message):
+        load_official(name, tmp_path, allow_download=False, verify=False)
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -32,7 +32,7 @@ from fewshot.data.base import ImageInput, TensorClassDataset, shipped_split
 from fewshot.data.download import data_root, download, file_digest
 from fewshot.data.guards import open_zip
 from fewshot.errors import FewShotError
-from fewshot.io import atomic_write, cache_dir
+from fewshot.io import JSONReadError, atomic_write, cache_dir, read_json
 
 BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python"
 ZIPS = {
@@ -40,6 +40,7 @@ ZIPS = {
     "evaluation": ("images_evaluation.zip", "6b91aef0f799c5bb55b94e3f2daec811", 20, 659),
 }
 DRAWERS = 20
+CHARACTERS = sum(chars for *_, chars in ZIPS.values())  # 1623
 RESIZE_MODES = ("nearest", "lanczos")
 SPLIT_SCHEMES = ("maml", "vinyals")
 SPLITS = ("train", "val", "test")
@@ -127,8 +128,8 @@ def load_characters(
     digests = {part: file_digest(path) for part, path in paths.items()}
     key = f"omniglot_{resize}_{size}_{digests['background'][:8]}_{digests['evaluation'][:8]}"
     cached, index = cache_dir() / f"{key}.npy", cache_dir() / f"{key}.json"
-    if cached.exists() and index.exists():
-        return torch.from_numpy(np.load(cached, allow_pickle=False)), json.loads(index.read_text())
+    if (hit := _read_cache(cached, index, size)) is not None:
+        return hit
     arrays, names = [], []
     for part, path in paths.items():
         array, part_names = _read_zip(path, part, resize, size)
@@ -137,6 +138,22 @@ def load_characters(
     images = np.concatenate(arrays)
     atomic_write(cached, lambda f: np.save(f, images, allow_pickle=False))
     atomic_write(index, json.dumps(names))
+    return torch.from_numpy(images), names
+
+
+def _read_cache(cached: Path, index: Path, size: int) -> tuple[torch.Tensor, list[str]] | None:
+    """The decoded characters from the cache, or ``None`` when either file is missing, damaged, or does not match the
+    other (a half-written or truncated cache is rebuilt from the zips, not read)."""
+    if not (cached.exists() and index.exists()):
+        return None
+    try:
+        names = read_json(index)
+        images = np.load(cached, allow_pickle=False)
+    except (JSONReadError, OSError, ValueError, EOFError):
+        return None
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and images.dtype == np.uint8
+            and images.shape == (CHARACTERS, DRAWERS, size, size) and len(names) == CHARACTERS):
+        return None
     return torch.from_numpy(images), names
 
 

@@ -18,7 +18,6 @@ Two settings:
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import torch
 from fewshot.data.base import shipped_split
 from fewshot.data.download import data_root, download, file_digest
 from fewshot.errors import FewShotError
+from fewshot.io import JSONReadError, read_json
 
 Pairs = list[tuple[str, str]]
 
@@ -170,13 +170,22 @@ def load_official(name: str, root: str | os.PathLike | None = None, allow_downlo
     """
     folder = ensure_files(name, root, allow_download, verify)
     if name == "clinc150":
-        raw = json.loads((folder / "data_full.json").read_text(encoding="utf-8"))
-        return {key: [(str(t), str(label)) for t, label in rows] for key, rows in raw.items()}
+        path = folder / "data_full.json"
+        try:
+            raw = read_json(path)
+            return {key: [(str(t), str(label)) for t, label in rows] for key, rows in raw.items()}
+        except JSONReadError as exc:
+            raise FewShotError(f"{path}: {exc}") from exc
+        except (AttributeError, TypeError, ValueError) as exc:  # not {split: [[text, intent], ...]}
+            raise FewShotError(f"{path} is not CLINC150's layout {{split: [[text, intent], ...]}}") from exc
     if name == "banking77":
         out = {}
         for split in ("train", "test"):
             with open(folder / f"{split}.csv", newline="", encoding="utf-8") as f:
-                out[split] = [(row["text"], row["category"]) for row in csv.DictReader(f)]
+                reader = csv.DictReader(f)
+                if not {"text", "category"} <= set(reader.fieldnames or ()):
+                    raise FewShotError(f"{folder / f'{split}.csv'} has no 'text' and 'category' columns")
+                out[split] = [(row["text"], row["category"]) for row in reader]
         return out
     out = {}
     for key, sub in (("train", "train"), ("val", "valid"), ("test", "test"), ("train_5", "train_5"),
