@@ -18,8 +18,11 @@ def _cell(cell: str) -> tuple[int, int]:
 
 def test_image_figures_equal_the_results_files():
     """Every zoo row of results/omniglot.json and every 20-way row of results/any_way.json with the head a task of
-    more classes starts from by default is in the table, with its figure; nothing else is."""
-    from fewshot.methods.heads import OTHER_WAY_INIT
+    more classes starts from by default (its method's) is in the table, with its figure; nothing else is."""
+    from fewshot.methods.heads import OTHER_WAY_INIT, REPTILE_OTHER_WAY_INIT
+
+    def more_way_init(stem: str) -> str:
+        return REPTILE_OTHER_WAY_INIT if defaults.zoo_model(stem).startswith("reptile") else OTHER_WAY_INIT
 
     rows = json.loads((REPO / defaults.IMAGE_SOURCE).read_text())["results"]
     measured = {(Path(r["checkpoint"]).stem, *_cell(r["cell"])):
@@ -29,7 +32,7 @@ def test_image_figures_equal_the_results_files():
     measured |= {(Path(r["checkpoint"]).stem, r["way"], r["shot"]):
                  defaults.Figure(round(100 * r["accuracy"], 2), round(100 * r["ci95"], 2), r["episodes"],
                                  defaults.ANY_WAY_SOURCE) for r in any_way
-                 if r["way"] == 20 and r["init"] == OTHER_WAY_INIT}
+                 if r["way"] == 20 and r["init"] == more_way_init(Path(r["checkpoint"]).stem)}
     assert defaults.IMAGE_FIGURES == measured
     assert {way for (_, way, _) in defaults.IMAGE_FIGURES} == set(defaults.IMAGE_WAYS)
     for (name, _, _) in defaults.IMAGE_FIGURES:
@@ -85,7 +88,7 @@ def test_method_narrows_the_choice():
     # measured at 20-way 5-shot, but not at 5-way 5-shot: no figure for 5 classes
     assert defaults.IMAGE_FIGURES[("omniglot_5w1s_mamlpp", 20, 5)]
     with pytest.raises(Exception, match="no zoo image model for method 'mamlpp' measured at 5 shots with 5 classes; "
-                                        "there are anil, baseline_conv4, fomaml, maml, metaoptnet, protonet "
+                                        "there are anil, baseline_conv4, fomaml, maml, metaoptnet, protonet, reptile "
                                         "\\(or give a checkpoint with --model\\)$"):
         defaults.choose("images", 5, 5, "mamlpp")
 

@@ -199,11 +199,16 @@ WAY_HEAD_INITS = ("trained", "zeros", "prototypes", "rows")
 """``method.head_init`` of the methods whose model has a trained N-way output layer (MAML, ANIL, Reptile)."""
 
 OTHER_WAY_INIT = "prototypes"
-"""What ``head_init: trained`` builds for a task of more classes than the trained head has (no trained head fits it).
-Measured with the 5-way Omniglot zoo checkpoints on 20-way tasks, paired on the same episodes (``results/omniglot.md``,
-"5-way models on 20-way episodes"): prototypes beat zeros by 13 and 25 points for MAML at 5 shots and by 9 for
-Reptile, by 1-4 for MAML at 1 shot; zeros win only for Reptile at 1 shot (1 point); ANIL is within a point either
-way (its head-only inner loop reaches about the same head from both)."""
+"""What ``head_init: trained`` builds for a task of more classes than the trained head has (no trained head fits it),
+for MAML / Meta-SGD and ANIL. Measured with the 5-way Omniglot zoo checkpoints on 20-way tasks, paired on the same
+episodes (``results/omniglot.md``, "5-way models on 20-way episodes"): prototypes beat zeros by 1.6-43 points for MAML,
+first-order MAML and Meta-SGD at 5 shots and for MAML 5w5s, first-order MAML 5w5s and Meta-SGD at 1 shot; zeros win
+for MAML 5w1s and first-order MAML 5w1s at 1 shot and for MAML++; ANIL is within a point either way (its head-only
+inner loop reaches about the same head from both). Reptile's is :data:`REPTILE_OTHER_WAY_INIT`."""
+
+REPTILE_OTHER_WAY_INIT = "zeros"
+""":data:`OTHER_WAY_INIT` for Reptile: zeros, which beat prototypes by 21.6 and 8.8 points on 20-way 1- and 5-shot
+tasks with the shipped (full-budget) Reptile checkpoint (``results/omniglot.md``)."""
 
 FEWER_WAY_INIT = "rows"
 """What ``head_init: trained`` builds for a task of fewer classes than the trained head has, for MAML / Meta-SGD and
@@ -220,16 +225,17 @@ def check_head_init(value: str) -> None:
         raise FewShotError(f"method.head_init must be one of {WAY_HEAD_INITS}, got {value!r}")
 
 
-def resolve_head_init(option: str, way: int, model: nn.Module, fewer: str = FEWER_WAY_INIT) -> str:
+def resolve_head_init(option: str, way: int, model: nn.Module, fewer: str = FEWER_WAY_INIT,
+                      more: str = OTHER_WAY_INIT) -> str:
     """The head a task of ``way`` classes starts from: the trained head (``trained``, when its way is the task's),
     a zero one (``zeros``), the nearest-prototype one (``prototypes``) or the trained head's first ``way`` rows
     (``rows``, for at most the trained way; at the trained way that is the trained head). ``trained`` for fewer
-    classes is ``fewer`` (the method's: :data:`FEWER_WAY_INIT` by default), for more :data:`OTHER_WAY_INIT`. A model
-    without an output layer takes ``trained`` (its own forward, as before)."""
+    classes is ``fewer``, for more ``more`` (the method's: :data:`FEWER_WAY_INIT` and :data:`OTHER_WAY_INIT` by
+    default). A model without an output layer takes ``trained`` (its own forward, as before)."""
     if option == "trained":
         if getattr(model, "head", None) is None or way == trained_way(model):
             return "trained"
-        return fewer if way < trained_way(model) else OTHER_WAY_INIT
+        return fewer if way < trained_way(model) else more
     trained = trained_way(model)  # a clear error when there is no head to replace
     if option == "rows":
         if way > trained:
@@ -239,21 +245,25 @@ def resolve_head_init(option: str, way: int, model: nn.Module, fewer: str = FEWE
     return option
 
 
-def task_head_plan(option: str, way: int, model: nn.Module, labels: torch.Tensor, fewer: str = FEWER_WAY_INIT) -> str:
+def task_head_plan(option: str, way: int, model: nn.Module, labels: torch.Tensor, fewer: str = FEWER_WAY_INIT,
+                   more: str = OTHER_WAY_INIT) -> str:
     """:func:`resolve_head_init` for a task whose support labels are ``labels``, checked against the head it builds
     (:func:`check_support_labels`; the trained head as it is needs no check)."""
-    plan = resolve_head_init(option, way, model, fewer)
+    plan = resolve_head_init(option, way, model, fewer, more)
     if plan != "trained":
         check_support_labels(labels, way, every_class=plan == "prototypes")
     return plan
 
 
-def rows_identity(option: str, way: int, model: nn.Module) -> dict[str, str]:
-    """What a method whose ``trained`` means the rows for fewer classes (MAML, Reptile) adds to an evaluation
-    record's identity (:meth:`fewshot.methods.base.Method.record_identity`): ``{"head": "rows"}`` when a task of
-    ``way`` classes starts from them (prototypes did before, under the same config), so older records are scored
-    afresh; nothing otherwise, so every other record keeps its identity."""
-    return {"head": "rows"} if resolve_head_init(option, way, model) == "rows" else {}
+def head_identity(option: str, way: int, model: nn.Module, fewer: str = FEWER_WAY_INIT,
+                  more: str = OTHER_WAY_INIT) -> dict[str, str]:
+    """What a method that builds heads per task adds to an evaluation record's identity
+    (:meth:`fewshot.methods.base.Method.record_identity`): ``{"head": plan}`` where ``head_init`` now builds a head
+    that prototypes were built for before, under the same config: the trained head's rows (fewer classes) and, for
+    ``trained``, zeros (Reptile, more classes); so older records are scored afresh. Nothing otherwise, so every other
+    record keeps its identity."""
+    plan = resolve_head_init(option, way, model, fewer, more)
+    return {"head": plan} if plan == "rows" or (option == "trained" and plan == "zeros") else {}
 
 
 def trained_rows(head: Sequence[torch.Tensor], way: int) -> list[torch.Tensor]:

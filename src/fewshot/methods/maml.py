@@ -93,8 +93,8 @@ from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
     check_head_init,
     extend_rows,
+    head_identity,
     prototype_head_params,
-    rows_identity,
     task_head_plan,
     trainable,
     trained_rows,
@@ -271,7 +271,7 @@ class MAML(Method):
         return body + trainable(head), list(lrs[:-2]) + head_lrs, per_task
 
     def record_identity(self, way: int) -> dict[str, str]:
-        return rows_identity(self.config.head_init, way, self.model)
+        return head_identity(self.config.head_init, way, self.model)
 
     def fast_path(self, episode: Episode | None = None) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""

@@ -41,8 +41,9 @@ seeds it), so scores of existing checkpoints do not change.
 The output layer a task's weights start from, per ``head_init`` (so a model trained 5-way adapts to tasks of any
 way; the model keeps the trained way's head, ``Method.builds_head``): ``trained`` (the default) is the meta-learned
 head when the task's way is the trained way, for fewer classes its first rows
-(:data:`fewshot.methods.heads.FEWER_WAY_INIT`) and for more what :data:`fewshot.methods.heads.OTHER_WAY_INIT` says
-(``prototypes``), as measured on Omniglot's 3-way and 20-way tasks (``results/omniglot.md``); ``rows`` the
+(:data:`fewshot.methods.heads.FEWER_WAY_INIT`) and for more a zero head
+(:data:`fewshot.methods.heads.REPTILE_OTHER_WAY_INIT`), as measured on Omniglot's 3-way and 20-way tasks
+(``results/omniglot.md``); ``rows`` the
 trained head's first ``way`` rows (at most the trained way); ``zeros`` a zero head; ``prototypes`` Proto-MAML's head,
 ``w_c = 2 p_c``, ``b_c = -‖p_c‖²`` for the means ``p_c`` of the support features
 under the current body (computed over the whole support set before the inner steps). When a task starts from a built
@@ -63,10 +64,11 @@ from fewshot.errors import FewShotError
 from fewshot.methods.base import Method, accuracy
 from fewshot.methods.fast_weights import FastWeights
 from fewshot.methods.heads import (
+    REPTILE_OTHER_WAY_INIT,
     check_head_init,
+    head_identity,
     prototype_head_params,
     resolve_head_init,
-    rows_identity,
     task_head_plan,
     trained_rows,
     zero_head,
@@ -145,7 +147,7 @@ class Reptile(Method):
         return {"step": self.adam_step, "second": [getattr(self, f"adam_second_{i}") for i in range(count)]}
 
     def record_identity(self, way: int) -> dict[str, str]:
-        return rows_identity(self.config.head_init, way, self.model)
+        return head_identity(self.config.head_init, way, self.model, more=REPTILE_OTHER_WAY_INIT)
 
     def fast_path(self, x: object) -> bool:
         """Whether the task-batched path applies (the model offers it, tensor inputs, not ``reference``)."""
@@ -157,7 +159,7 @@ class Reptile(Method):
         """The weights a task of ``way`` classes starts from when ``head_init`` builds its head (``None``: the
         trained weights as they are), detached, and whether the head is one per task (``batched``: ``x [T, B, ...]``,
         prototypes per task)."""
-        plan = task_head_plan(self.config.head_init, way, self.model, y)
+        plan = task_head_plan(self.config.head_init, way, self.model, y, more=REPTILE_OTHER_WAY_INIT)
         if plan == "trained":
             return None
         params = [p.detach() for p in self.model.meta_parameters()]
@@ -324,7 +326,8 @@ class Reptile(Method):
         """How many of ``meta_parameters()`` training moves: all, or the body alone when tasks start from a built
         head."""
         params = len(self.model.meta_parameters())
-        return params if resolve_head_init(self.config.head_init, way, self.model) == "trained" else params - 2
+        trained = resolve_head_init(self.config.head_init, way, self.model, more=REPTILE_OTHER_WAY_INIT) == "trained"
+        return params if trained else params - 2
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, way: int) -> FastWeights:
         """``test_inner_steps`` Adam steps on support mini-batches from the trained weights, the head per
