@@ -142,6 +142,11 @@ def test_a_named_zoo_model_gets_its_own_figure(tmp_path):
     assert (trainval.accuracy, trainval.way) == (94.89, 20) and "scored" not in trainval.reason
     maml = defaults.figure_for(str(zoo / "omniglot_5w1s_maml.safetensors"), "images", 5, 20)  # 20-way at 1 and 5 shots
     assert (maml.accuracy, maml.shots) == (defaults.IMAGE_FIGURES[("omniglot_5w1s_maml", 20, 5)].accuracy, 5)
+    reptile = str(zoo / "omniglot_5w1s_reptile.safetensors")  # one checkpoint scored at 1 and 5 shots, and 20-way
+    assert [defaults.figure_for(reptile, "images", shots, 5).accuracy for shots in (1, 5)] == [
+        defaults.IMAGE_FIGURES[("omniglot_5w1s_reptile", 5, shots)].accuracy for shots in (1, 5)]
+    assert defaults.figure_for(reptile, "images", 5, 7).reason.endswith("20-way 5-shot, 300 test episodes "
+                                                                        "(results/any_way.json)")
     unmeasured = defaults.figure_for(str(zoo / "omniglot_5w1s_metaoptnet.safetensors"), "images", 1, 20)
     assert unmeasured.way == 5 and "not measured with more than 5 classes" in unmeasured.reason
     assert defaults.figure_for("zoo/somebody_elses.safetensors", "images", 1, 5) is None
